@@ -1,0 +1,123 @@
+"""Shared plumbing for experiments: results files, versions, argument parsing, progress."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def versions() -> dict[str, str]:
+  """Library versions recorded in every results file."""
+  import jax
+  import numpy as np
+
+  out = {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__}
+  for name in ("optax", "jaxdiv", "sklearn"):
+    try:
+      mod = __import__(name)
+      out[name] = getattr(mod, "__version__", "unknown")
+    except ImportError:
+      pass
+  return out
+
+
+def to_jsonable(x: Any) -> Any:
+  """Arrays and numpy scalars to plain Python (floats kept at full precision)."""
+  import numpy as np
+
+  if isinstance(x, dict):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):
+    return to_jsonable(dataclasses.asdict(x))
+  if hasattr(x, "__array__"):
+    a = np.asarray(x)
+    return a.item() if a.ndim == 0 else a.tolist()
+  if isinstance(x, (np.floating, np.integer, np.bool_)):
+    return x.item()
+  return x
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+  """Write JSON (sorted keys, indented) to a temporary name, then rename: never half a file."""
+  path = Path(path)
+  text = json.dumps(to_jsonable(obj), sort_keys=True, indent=2, allow_nan=True) + "\n"
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def prepare_out_dir(out: str | os.PathLike) -> Path:
+  """Create the output folder and check it is writable; a clear one-line error if not."""
+  out = Path(out)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
+    probe.close()
+  except OSError as e:
+    raise SystemExit(f"error: output folder {str(out)!r} is not writable: {e.strerror}") from None
+  return out
+
+
+def config_parser(config_cls, description: str) -> argparse.ArgumentParser:
+  """An argparse parser whose flags mirror the fields of a frozen Config dataclass."""
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--out", default="results", help="output folder (default: results)")
+  p.add_argument("--figures", default=None, help="folder for figures (default: --out)")
+  p.add_argument("--quick", action="store_true", help="tiny configuration for a smoke test")
+  p.add_argument("--quiet", action="store_true", help="no progress output")
+  p.add_argument("--no-plot", action="store_true", help="write the JSON only")
+  for f in dataclasses.fields(config_cls):
+    flag = "--" + f.name.replace("_", "-")
+    if f.type in (bool, "bool"):
+      p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+    else:
+      typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else "", None)
+      typ = typ or (f.type if f.type in (int, float, str) else str)
+      p.add_argument(flag, dest=f.name, type=typ, default=None, help=f"default: {f.default}")
+  return p
+
+
+def config_from_args(config_cls, args: argparse.Namespace, quick_overrides: dict | None = None):
+  """Build a Config: defaults, then --quick overrides, then explicit flags."""
+  kw = {}
+  if args.quick and quick_overrides:
+    kw.update(quick_overrides)
+  for f in dataclasses.fields(config_cls):
+    v = getattr(args, f.name, None)
+    if v is not None:
+      kw[f.name] = v
+  try:
+    return config_cls(**kw)
+  except (TypeError, ValueError) as e:
+    raise SystemExit(f"error: invalid configuration: {e}") from None
+
+
+class Progress:
+  """A line every so often on stderr; silent when quiet."""
+
+  def __init__(self, quiet: bool, prefix: str):
+    self.quiet, self.prefix = quiet, prefix
+
+  def __call__(self, msg: str) -> None:
+    if not self.quiet:
+      print(f"[{self.prefix}] {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,221 @@
+r"""The one place where ``p`` / ``p_logits`` / ``labels`` become log-probabilities.
+
+Every public function resolves its arguments here, in three steps:
+
+1. :func:`source` checks that a distribution is given exactly once -- as probabilities,
+   as logits, or (first argument only) as integer labels -- and converts it.
+2. :func:`align` checks dtypes, broadcasts the inputs and the ``where`` mask against one
+   another (errors name the shapes), normalises ``axis`` and moves it last, so that the
+   families only ever reduce over the last axis.
+3. :func:`dist` turns a probability or logit source into a :class:`Dist`: the
+   probabilities, their *safe* logarithm (0 where the probability is exactly 0) and the
+   exact-zero mask, with excluded categories set to probability 0.
+
+All checks here happen at trace time, on shapes and dtypes. Value problems are handled
+by construction: a negative probability becomes NaN, a label >= the number of
+categories gives NaN, so neither can turn into a finite wrong number.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiv import _numerics
+
+Array = jax.Array
+
+
+class Source(NamedTuple):
+  """A distribution as the user gave it (category axis moved last once aligned)."""
+
+  kind: str  # "probs", "logits" or "labels"
+  name: str  # the argument's name, for error messages
+  value: Array
+
+
+class Dist(NamedTuple):
+  """A distribution over the last axis, in the form every divergence is built from."""
+
+  prob: Array  # probabilities; exactly 0 at excluded categories
+  log_prob: Array  # log-probabilities with 0 substituted where prob == 0 (finite gradients)
+  zero: Array  # bool: prob is exactly 0 (a zero probability, a -inf logit, or excluded)
+
+
+def source(
+  fn: str, role: str, probs, logits, labels=None, *, labels_allowed=False, logits_name=None
+) -> Source:
+  """Resolve one distribution given as exactly one of probabilities, logits or labels."""
+  logits_name = logits_name or f"{role}_logits"
+  given = {role: probs, logits_name: logits}
+  if labels_allowed:
+    given["labels"] = labels
+  present = [k for k, v in given.items() if v is not None]
+  if len(present) != 1:
+    options = " or ".join(f"`{k}`" for k in given)
+    if not present:
+      raise ValueError(f"{fn}: the distribution {role} is missing; give it as {options}.")
+    raise ValueError(
+      f"{fn}: the distribution {role} is given {len(present)} times "
+      f"(as {', '.join(f'`{k}`' for k in present)}); give exactly one of {options}."
+    )
+  name = present[0]
+  value = given[name]
+  if name == "labels":
+    value = jnp.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.integer) or value.dtype == jnp.bool_:
+      raise TypeError(
+        f"{fn}: `labels` must be an integer array of class indices, got dtype {value.dtype} "
+        f"with shape {value.shape}; pass probabilities as `{role}` instead."
+      )
+    return Source("labels", name, value)
+  value = jnp.asarray(value)
+  if not (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_):
+    raise TypeError(f"{fn}: `{name}` must be numeric, got dtype {value.dtype}.")
+  if jnp.issubdtype(value.dtype, jnp.complexfloating):
+    raise TypeError(f"{fn}: `{name}` must be real, got dtype {value.dtype}.")
+  kind = "logits" if name == logits_name else "probs"
+  return Source(kind, name, value)
+
+
+def check_base(fn: str, base) -> None:
+  """A logarithm base must be positive and not 1 (checked when it is a Python number)."""
+  if base is None or isinstance(base, jax.core.Tracer):
+    return
+  b = np.asarray(base)
+  if b.ndim == 0 and (not b > 0 or b == 1):
+    raise ValueError(f"{fn}: `base` must be positive and not 1, got {base!r}.")
+
+
+def apply_base(x: Array, base) -> Array:
+  """Convert a value in nats to the given logarithm base (None: nats)."""
+  if base is None:
+    return x
+  return x / jnp.log(jnp.asarray(base, x.dtype))
+
+
+def _normalise_axis(fn: str, axis, ndim: int, shape) -> int:
+  try:
+    axis = operator.index(axis)
+  except TypeError:
+    raise TypeError(f"{fn}: `axis` must be a single integer, got {axis!r}.") from None
+  if not -ndim <= axis < ndim:
+    raise ValueError(
+      f"{fn}: `axis`={axis} is out of range for inputs of shape {tuple(shape)} (ndim {ndim})."
+    )
+  return axis % ndim
+
+
+def broadcast_shape(fn: str, shapes: dict[str, tuple]) -> tuple:
+  try:
+    return tuple(np.broadcast_shapes(*shapes.values()))
+  except ValueError:
+    desc = " and ".join(f"`{k}` with shape {tuple(v)}" for k, v in shapes.items())
+    raise ValueError(f"{fn}: cannot broadcast {desc} against each other.") from None
+
+
+class Aligned(NamedTuple):
+  sources: tuple  # Sources with float values cast to `dtype`, category axis last
+  where: Array | None  # bool mask broadcast to `shape`, category axis last
+  dtype: jnp.dtype  # computation and result dtype
+  shape: tuple  # common shape, category axis last
+
+
+def align(fn: str, *sources: Source, axis=-1, where=None) -> Aligned:
+  """Check and broadcast distributions (and ``where``) so that ``axis`` is the last one."""
+  dense = {s.name: s.value.shape for s in sources if s.kind != "labels"}
+  if where is not None:
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+      raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {where.dtype}.")
+    dense_with_where = {**dense, "where": where.shape}
+  else:
+    dense_with_where = dense
+  shape = broadcast_shape(fn, dense_with_where)
+  if len(shape) == 0:
+    raise ValueError(
+      f"{fn}: distributions need a category axis; got scalar inputs "
+      f"({', '.join(f'`{k}` with shape {tuple(v)}' for k, v in dense.items())})."
+    )
+  ax = _normalise_axis(fn, axis, len(shape), shape)
+  shape_last = shape[:ax] + shape[ax + 1 :] + (shape[ax],)
+
+  dtypes = [s.value.dtype for s in sources if s.kind != "labels"]
+  dtype = _numerics.compute_dtype(jnp.result_type(*dtypes))
+
+  out = []
+  for s in sources:
+    if s.kind == "labels":
+      batch = shape[:ax] + shape[ax + 1 :]
+      if s.value.ndim != len(batch):
+        raise ValueError(
+          f"{fn}: `labels` must have the batch shape of the other inputs (their shape "
+          f"{tuple(shape)} without axis {ax}, i.e. {batch}); got shape {s.value.shape}."
+        )
+      try:
+        np.broadcast_shapes(s.value.shape, batch)
+      except ValueError:
+        raise ValueError(
+          f"{fn}: `labels` with shape {s.value.shape} does not broadcast against the batch "
+          f"shape {batch} (inputs of shape {tuple(shape)} without axis {ax})."
+        ) from None
+      out.append(s._replace(value=jnp.broadcast_to(s.value, batch)))
+      continue
+    v = jnp.broadcast_to(s.value.astype(dtype), shape)
+    out.append(s._replace(value=jnp.moveaxis(v, ax, -1)))
+  if where is not None:
+    where = jnp.moveaxis(jnp.broadcast_to(where, shape), ax, -1)
+  return Aligned(tuple(out), where, dtype, shape_last)
+
+
+def dist(s: Source, where: Array | None) -> Dist:
+  """Probabilities or logits (category axis last) as a :class:`Dist`."""
+  if s.kind == "logits":
+    log_p = _numerics.log_softmax(s.value, where)
+    zero = log_p == -jnp.inf
+    return Dist(jnp.exp(log_p), jnp.where(zero, jnp.zeros_like(log_p), log_p), zero)
+  if s.kind != "probs":
+    raise AssertionError(s.kind)
+  p = probs(s, where)
+  log_p, zero = _numerics.safe_log(p)
+  return Dist(p, log_p, zero)
+
+
+def probs(s: Source, where: Array | None) -> Array:
+  """Probabilities as given, NaN where negative, 0 at excluded categories."""
+  p = s.value
+  p = jnp.where(p < 0, jnp.full_like(p, jnp.nan), p)
+  if where is not None:
+    p = jnp.where(where, p, jnp.zeros_like(p))
+  return p
+
+
+def label_mask(labels: Array, num_categories: int, where: Array | None):
+  """``(ignored, out_of_range, safe_index, included)`` for integer labels.
+
+  Negative labels are ignored (result 0, zero gradient); labels >= ``num_categories``
+  give NaN; a label at an excluded category counts as ignored (its one-hot target lies
+  outside the included categories).
+  """
+  ignored = labels < 0
+  out_of_range = labels >= num_categories
+  index = jnp.where(ignored | out_of_range, 0, labels)
+  if where is not None:
+    included = jnp.take_along_axis(where, index[..., None], axis=-1)[..., 0]
+    ignored = ignored | ~included
+  return ignored, out_of_range, index
+
+
+def as_float(fn: str, name: str, x) -> Array:
+  """An elementwise float input (binary and closed-form families): ints promoted."""
+  x = jnp.asarray(x)
+  if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_) or jnp.issubdtype(
+    x.dtype, jnp.complexfloating
+  ):
+    raise TypeError(f"{fn}: `{name}` must be real numeric, got dtype {x.dtype}.")
+  return x
+
