@@ -91,7 +91,9 @@ def config_parser(config_cls, description: str) -> argparse.ArgumentParser:
     if f.type in (bool, "bool"):
       p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
     else:
-      typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else "", None)
+      typ = {"int": int, "float": float, "str": str}.get(
+        f.type if isinstance(f.type, str) else "", None
+      )
       typ = typ or (f.type if f.type in (int, float, str) else str)
       p.add_argument(flag, dest=f.name, type=typ, default=None, help=f"default: {f.default}")
   return p

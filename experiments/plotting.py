@@ -25,7 +25,11 @@ def save(fig, out_dir, name: str, formats=("png", "pdf")) -> list[Path]:
   paths = []
   for fmt in formats:
     path = out_dir / f"{name}.{fmt}"
-    meta = {"Software": None} if fmt == "png" else {"Creator": None, "Producer": None, "CreationDate": None}
+    meta = (
+      {"Software": None}
+      if fmt == "png"
+      else {"Creator": None, "Producer": None, "CreationDate": None}
+    )
     fig.savefig(path, format=fmt, metadata=meta)
     paths.append(path)
   import matplotlib.pyplot as plt

@@ -7,6 +7,7 @@ argument of cross-entropy and KL, integer ``labels``; they reduce ``axis`` only.
 
 __version__ = "0.1.0"
 
+from jaxdiv._checks import checked as checked
 from jaxdiv._kl import binary_cross_entropy as binary_cross_entropy
 from jaxdiv._kl import binary_kl_divergence as binary_kl_divergence
 from jaxdiv._kl import cross_entropy as cross_entropy

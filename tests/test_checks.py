@@ -1,0 +1,103 @@
+"""Checked mode: bad values raise clear errors eagerly, under jit, vmap and grad."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdiv
+
+P = jnp.array([0.5, 0.5], jnp.float32)
+Q = jnp.array([0.25, 0.75], jnp.float32)
+
+TRANSFORMS = {
+  "eager": lambda f: f,
+  "jit": jax.jit,
+}
+
+
+def _raises(match):
+  return pytest.raises(Exception, match=match)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize(
+  "p, message",
+  [
+    (jnp.array([1.5, -0.5]), "negative probability .* in `p`"),
+    (jnp.array([0.5, jnp.nan]), "NaN probability .* in `p`"),
+    (jnp.array([0.5, 0.6]), r"`p` \(shape \(2,\)\) does not sum to 1 along axis -1"),
+  ],
+)
+def test_bad_probabilities_raise(transform, p, message):
+  fn = TRANSFORMS[transform](jaxdiv.checked(jaxdiv.kl_divergence))
+  with _raises(f"jaxdiv.kl_divergence: .*{message}"):
+    jax.block_until_ready(fn(p, Q))
+
+
+def test_unchecked_results_for_the_same_values_are_nan_not_finite():
+  # What checked mode catches, unchecked mode turns into NaN (not a finite number),
+  # except a wrong sum, which is used as given.
+  assert np.isnan(jaxdiv.kl_divergence(jnp.array([1.5, -0.5]), Q))
+  assert np.isnan(jaxdiv.cross_entropy(jnp.array([1.5, -0.5]), Q))
+  assert np.isnan(jaxdiv.cross_entropy(labels=jnp.array(2), q=Q))
+  assert np.isnan(jaxdiv.kl_divergence(P, q_logits=jnp.array([0.0, jnp.inf])))
+
+
+def test_sum_check_respects_where_and_dtype_tolerance():
+  kl = jaxdiv.checked(jaxdiv.kl_divergence)
+  where = jnp.array([True, True, False])
+  # the excluded category carries garbage: not part of the sum
+  out = kl(jnp.array([0.5, 0.5, 7.0]), jnp.array([0.25, 0.75, 0.0]), where=where)
+  np.testing.assert_allclose(out, jaxdiv.kl_divergence(P, Q), rtol=1e-6)
+  # bfloat16 rounding of a valid distribution passes; a 1% error does not
+  p16 = jax.nn.softmax(jnp.arange(64.0) / 10).astype(jnp.bfloat16)
+  kl(p16, p16)
+  with _raises("does not sum to 1"):
+    kl(jnp.array([0.5, 0.51], jnp.float32), Q)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_label_out_of_range_raises(transform):
+  ce = TRANSFORMS[transform](jaxdiv.checked(jaxdiv.cross_entropy))
+  logits = jnp.zeros((3, 4))
+  with _raises(r"label out of range in `labels` \(shape \(3,\)\): largest label 4 >= .* 4"):
+    jax.block_until_ready(ce(labels=jnp.array([0, -1, 4]), q_logits=logits))
+  # negative labels are the documented "ignore" value, not an error
+  out = ce(labels=jnp.array([0, -1, 3]), q_logits=logits)
+  np.testing.assert_allclose(out, [np.log(4), 0, np.log(4)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_bad_logits_raise(transform):
+  ce = TRANSFORMS[transform](jaxdiv.checked(jaxdiv.cross_entropy))
+  with _raises(r"\+inf logit .* in `q_logits`"):
+    jax.block_until_ready(ce(P, q_logits=jnp.array([0.0, jnp.inf])))
+  with _raises("NaN logit .* in `p_logits`"):
+    jax.block_until_ready(ce(p_logits=jnp.array([0.0, jnp.nan]), q_logits=jnp.zeros(2)))
+
+
+def test_vmap_and_grad_in_checked_mode():
+  kl = jaxdiv.checked(jaxdiv.kl_divergence)
+  ps = jnp.stack([P, jnp.array([0.2, 0.8])])
+  np.testing.assert_allclose(jax.vmap(kl)(ps, jnp.stack([Q, Q])), jaxdiv.kl_divergence(ps, Q))
+  with _raises("negative probability"):
+    jax.vmap(kl)(jnp.stack([P, jnp.array([1.2, -0.2])]), jnp.stack([Q, Q]))
+  g = jax.grad(lambda z: kl(P, q_logits=z))(jnp.zeros(2))
+  np.testing.assert_allclose(g, jax.nn.softmax(jnp.zeros(2)) - P, atol=1e-7)
+
+
+def test_binary_probabilities_must_lie_in_unit_interval():
+  bce = jaxdiv.checked(jaxdiv.binary_cross_entropy)
+  with _raises(r"probability greater than 1 .* in `p`"):
+    bce(jnp.array([0.5, 1.5]), jnp.array([0.5, 0.5]))
+  # +-inf logits are valid Bernoulli logits
+  out = bce(jnp.array([1.0, 0.0]), q_logits=jnp.array([jnp.inf, -jnp.inf]))
+  np.testing.assert_array_equal(out, [0.0, 0.0])
+
+
+def test_checked_keeps_signature_and_results():
+  kl = jaxdiv.checked(jaxdiv.kl_divergence)
+  assert kl.__name__ == "kl_divergence"
+  assert kl.__doc__ == jaxdiv.kl_divergence.__doc__
+  np.testing.assert_array_equal(kl(P, Q, base=2), jaxdiv.kl_divergence(P, Q, base=2))
