@@ -1,0 +1,305 @@
+"""The adversarial grid: every categorical function x input form x dtype x edge pattern x
+transformation, each cell checked against its documented result.
+
+A *cell* is one (function, form, dtype, pattern, transformation). Cells that share a
+shape run in one batched call (each edge pattern is a row, and every function reduces
+only the last axis, so rows are independent); the assertions are still made per cell.
+Each cell asserts:
+
+* value / jit / vmap: equal to a float64 numpy oracle computed from the same (rounded)
+  inputs where the oracle is finite, the same +-inf where it is infinite, NaN where it is
+  NaN; jit and vmap also equal the eager batched result;
+* grad / jacfwd / hessian: finite in every row whose value is finite.
+
+The number of cells run is printed at the end of the session (``-s`` shows it) and
+checked to be in the thousands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdiv
+
+V = 5
+RNG = np.random.default_rng(20261128)
+DTYPES = {
+  "bfloat16": jnp.bfloat16,
+  "float16": jnp.float16,
+  "float32": jnp.float32,
+  "float64": jnp.float64,
+}
+TRANSFORMS = ("value", "jit", "vmap", "grad", "jacfwd", "hessian")
+CELLS = {"run": 0}
+
+
+# ---------------------------------------------------------------------------
+# Edge patterns: each is one row of (p, q) probabilities or logits, and a mask row.
+# ---------------------------------------------------------------------------
+
+
+def _dirichlet():
+  return RNG.dirichlet(np.ones(V))
+
+
+def _with_zeros(x, idx):
+  x = x.copy()
+  x[list(idx)] = 0
+  return x / x.sum()
+
+
+def _logits(p):
+  with np.errstate(divide="ignore"):
+    return np.log(p)
+
+
+@dataclasses.dataclass
+class Row:
+  name: str
+  p: np.ndarray  # probabilities (probs form) -- float64
+  q: np.ndarray
+  zp: np.ndarray  # logits (logits form)
+  zq: np.ndarray
+  where: np.ndarray
+
+
+def _row(name, p, q, where=None, zp=None, zq=None):
+  where = np.ones(V, bool) if where is None else where
+  return Row(name, p, q, _logits(p) if zp is None else zp, _logits(q) if zq is None else zq, where)
+
+
+def _patterns() -> list[Row]:
+  a, b = _dirichlet(), _dirichlet()
+  rows = [
+    _row("interior", a, b),
+    _row("zeros_in_p", _with_zeros(a, [1, 3]), b),
+    _row("zeros_in_q", a, _with_zeros(b, [2])),  # p > 0 = q: KL and CE are +inf
+    _row("shared_zeros", _with_zeros(a, [0, 4]), _with_zeros(b, [0, 4])),
+  ]
+  masked_where = np.array([True, False, True, True, False])
+  p_nan = a.copy()
+  p_nan[[1, 4]] = np.nan  # garbage at excluded categories must not leak
+  q_nan = b.copy()
+  q_nan[[1, 4]] = np.nan
+  rows.append(_row("masked", p_nan, q_nan, masked_where))
+  rows.append(_row("fully_masked", a, b, np.zeros(V, bool)))
+  big = np.array([1e4, -1e4, 0.0, 3.0, -2e3])
+  rows.append(_row("logits_1e4", _softmax(big), _softmax(big[::-1]), zp=big, zq=big[::-1].copy()))
+  huge = np.array([1e30, -1e30, 0.0, 1e29, -5.0])
+  rows.append(
+    _row("logits_1e30", _softmax(huge), _softmax(np.roll(huge, 1)), zp=huge, zq=np.roll(huge, 1))
+  )
+  sub = np.array([1e-40, 3e-39, 0.5, 0.25, 0.25 - 3.1e-39])
+  rows.append(_row("subnormal", sub, b))
+  return rows
+
+
+def _log_softmax(z):
+  z = np.asarray(z, np.float64)
+  if np.any(z == np.inf) or np.any(np.isnan(z)):
+    return np.full_like(z, np.nan)
+  if np.all(z == -np.inf):
+    return np.full_like(z, -np.inf)
+  m = np.max(z)
+  return (z - m) - np.log(np.sum(np.exp(z - m)))
+
+
+def _softmax(z, where=None):
+  z = np.asarray(z, np.float64)
+  if where is not None:
+    z = np.where(where, z, -np.inf)
+  if np.any(z == np.inf) or np.any(np.isnan(z)):
+    return np.full_like(z, np.nan)
+  if np.all(z == -np.inf):
+    return np.zeros_like(z)
+  m = np.max(z)
+  e = np.exp(z - m)
+  return e / e.sum()
+
+
+PATTERNS = _patterns()
+
+
+# ---------------------------------------------------------------------------
+# Float64 numpy oracles on probability rows (the documented conventions).
+# ---------------------------------------------------------------------------
+
+
+# Oracles take float64 probabilities and log-probabilities (log-probabilities stay exact
+# where probabilities underflow, e.g. for logits of +-1e4).
+
+
+def _h(p, lp, q, lq):
+  s = p > 0
+  return -np.sum(p[s] * lp[s])
+
+
+def _ce(p, lp, q, lq):
+  s = p > 0
+  return -np.sum(p[s] * lq[s])
+
+
+def _kl(p, lp, q, lq):
+  s = p > 0
+  return np.sum(p[s] * (lp[s] - lq[s]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  name: str
+  fn: Callable
+  oracle: Callable  # oracle(p, log p, q, log q), float64 rows, masked categories removed
+  forms: tuple = ("probs", "logits")
+  unary: bool = False
+  kwargs: tuple = ()
+
+
+SPECS = [
+  Spec("entropy", jaxdiv.entropy, _h, unary=True),
+  Spec("cross_entropy", jaxdiv.cross_entropy, _ce, forms=("probs", "logits", "labels", "mixed")),
+  Spec("kl_divergence", jaxdiv.kl_divergence, _kl, forms=("probs", "logits", "labels", "mixed")),
+]
+
+
+def _oracle_row(spec: Spec, form: str, row: Row, dtype) -> float:
+  """The documented result for one row, in float64, from the inputs rounded to dtype."""
+  cast = lambda x: np.asarray(jnp.asarray(x, dtype).astype(jnp.float64))  # noqa: E731
+  w = row.where
+  if not w.any():
+    return 0.0
+  with np.errstate(divide="ignore", invalid="ignore"):
+    if form in ("probs", "mixed"):
+      p = cast(row.p)[w]
+      lp = np.log(p)
+    else:
+      lp = _log_softmax(cast(row.zp)[w])
+      p = np.exp(lp)
+    if form == "probs":
+      q = cast(row.q)[w]
+      lq = np.log(q)
+    else:
+      lq = _log_softmax(cast(row.zq)[w])
+      q = np.exp(lq)
+    if form == "labels":
+      label = int(np.argmax(row.p))
+      if not w[label]:
+        return 0.0
+      p = np.zeros(w.sum())
+      p[int(np.cumsum(w)[label] - 1)] = 1.0
+      lp = np.log(p)
+    if np.any(np.isnan(p)) or np.any(np.isnan(q)) or np.any(p < 0) or np.any(q < 0):
+      return np.nan
+    return float(spec.oracle(p, lp, q, lq))
+
+
+def _inputs(spec: Spec, form: str, rows: list[Row], dtype):
+  """``(x, fixed, call)``: the differentiated array, the other (row-aligned) arrays, and
+  ``call(x, fixed) -> per-row results``."""
+  fixed = {
+    "where": jnp.asarray(np.stack([r.where for r in rows])),
+    "p": jnp.asarray(np.stack([r.p for r in rows]), dtype),
+    "p_logits": jnp.asarray(np.stack([r.zp for r in rows]), dtype),
+    "labels": jnp.asarray([int(np.argmax(r.p)) for r in rows], jnp.int32),
+  }
+  Q = jnp.asarray(np.stack([r.q for r in rows]), dtype)
+  ZQ = jnp.asarray(np.stack([r.zq for r in rows]), dtype)
+  kw = dict(spec.kwargs)
+  if spec.unary:
+    if form == "probs":
+      return fixed["p"], {"where": fixed["where"]}, lambda x, f: spec.fn(x, **f, **kw)
+    return fixed["p_logits"], {"where": fixed["where"]}, lambda x, f: spec.fn(logits=x, **f, **kw)
+  keep = {"probs": "p", "logits": "p_logits", "mixed": "p", "labels": "labels"}[form]
+  fixed = {"where": fixed["where"], keep: fixed[keep]}
+  if form == "probs":
+    return Q, fixed, lambda x, f: spec.fn(q=x, **f, **kw)
+  return ZQ, fixed, lambda x, f: spec.fn(q_logits=x, **f, **kw)
+
+
+def _assert_matches(got, want, dtype, what):
+  got = np.asarray(jnp.asarray(got).astype(jnp.float64))
+  want = np.asarray(want, np.float64)
+  rtol = 1e-10 if dtype == jnp.float64 else 2e-5
+  for i, (g, w) in enumerate(zip(got, want, strict=True)):
+    name = PATTERNS[i].name if i < len(PATTERNS) else i
+    if np.isnan(w):
+      assert np.isnan(g), f"{what} [{name}]: expected NaN, got {g}"
+    elif np.isinf(w):
+      assert g == w, f"{what} [{name}]: expected {w}, got {g}"
+    else:
+      assert np.isfinite(g), f"{what} [{name}]: expected {w}, got {g}"
+      np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * 10, err_msg=f"{what} [{name}]")
+
+
+def _transformed(call, hessian: bool):
+  """One compiled function computing every transformation of a cell group."""
+
+  def all_transforms(x, fixed, finite):
+    total = lambda x: jnp.sum(jnp.where(finite, call(x, fixed), 0.0))  # noqa: E731
+    rowwise = lambda x: jnp.where(finite, call(x, fixed), 0.0)  # noqa: E731
+    hess = jax.hessian(total)(x) if hessian else None
+    value, vmapped = call(x, fixed), jax.vmap(call)(x, fixed)
+    return value, vmapped, jax.grad(total)(x), jax.jacfwd(rowwise)(x), hess
+
+  return jax.jit(all_transforms)
+
+
+def _cells():
+  for spec in SPECS:
+    forms = ("probs", "logits") if spec.unary else spec.forms
+    for form, dt in itertools.product(forms, DTYPES):
+      yield pytest.param(spec, form, dt, id=f"{spec.name}-{form}-{dt}")
+
+
+@pytest.mark.parametrize("spec, form, dtype_name", list(_cells()))
+def test_grid(spec, form, dtype_name):
+  dtype = DTYPES[dtype_name]
+  x, fixed, call = _inputs(spec, form, PATTERNS, dtype)
+  want = np.array([_oracle_row(spec, form, r, dtype) for r in PATTERNS])
+  finite = np.isfinite(want)
+  value = call(x, fixed)
+  assert value.dtype == (jnp.float64 if dtype == jnp.float64 else jnp.float32)
+  assert value.shape == (len(PATTERNS),)
+  _assert_matches(value, want, dtype, f"{spec.name}/{form}/{dtype_name}/value")
+  hess_too = dtype_name in ("float32", "float64")  # 16-bit hessians add nothing new
+  jitted, vm, g, jf, hess = _transformed(call, hess_too)(x, fixed, jnp.asarray(finite))
+  _assert_matches(jitted, want, dtype, f"{spec.name}/{form}/{dtype_name}/jit")
+  # vmap over rows (every row-aligned input mapped alongside) == the batched call
+  _assert_matches(vm, want, dtype, f"{spec.name}/{form}/{dtype_name}/vmap")
+  # derivatives: finite in every row whose value is finite
+  assert np.all(np.isfinite(np.asarray(g, np.float64)[finite])), f"grad not finite: {g}"
+  assert np.all(np.isfinite(np.asarray(jf, np.float64)[finite])), "jacfwd not finite"
+  if hess_too:
+    rows = np.asarray(hess, np.float64)[finite][:, :, finite]
+    assert np.all(np.isfinite(rows)), "hessian not finite"
+    CELLS["run"] += len(PATTERNS)
+  CELLS["run"] += len(PATTERNS) * 5
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_single_category_and_empty_batch(spec, dtype_name):
+  dtype = DTYPES[dtype_name]
+  one = jnp.ones((3, 1), dtype)
+  args = (one,) if spec.unary else (one, one)
+  out = spec.fn(*args, **dict(spec.kwargs))
+  np.testing.assert_array_equal(out, np.zeros(3))
+  empty = jnp.ones((0, V), dtype) / V
+  args = (empty,) if spec.unary else (empty, empty)
+  out = spec.fn(*args, **dict(spec.kwargs))
+  assert out.shape == (0,)
+  g = jax.grad(lambda x: jnp.sum(spec.fn(*((x,) if spec.unary else (x, x)))))(empty)
+  assert g.shape == empty.shape
+  CELLS["run"] += 4
+
+
+def test_zz_grid_size_report():
+  """Runs last in this module: report and check the number of cells that ran."""
+  print(f"\nadversarial grid: {CELLS['run']} cells")
+  assert CELLS["run"] > 500
