@@ -54,6 +54,7 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

@@ -6,7 +6,7 @@ export MPLBACKEND=Agg
 RESULTS="$ROOT/results"
 FIGURES="$ROOT/docs/figures"
 mkdir -p "$RESULTS" "$FIGURES"
-EXPERIMENTS=(blog_example)
+EXPERIMENTS=(blog_example ce_vs_kl forward_vs_reverse kl_estimators)
 for exp in "${EXPERIMENTS[@]}"; do
   echo "== experiments.$exp"
   start=$(date +%s)
