@@ -439,7 +439,7 @@ def plot(results: dict, out_dir) -> list:
   paths = []
   tasks = {k: results["tasks"][k] for k in TASKS if k in results["tasks"]}
 
-  fig, axes = plt.subplots(1, len(tasks), figsize=(12.0, 3.8))
+  fig, axes = plt.subplots(1, len(tasks), figsize=(12.0, 3.8), layout="constrained")
   for ax, (name, t) in zip(axes, tasks.items(), strict=True):
     h = t["target_entropy"]
     steps = np.arange(len(t["ce_run"]["ce"]))
