@@ -73,7 +73,10 @@ def source(
         f"with shape {value.shape}; pass probabilities as `{role}` instead."
       )
     return Source("labels", name, value)
-  value = jnp.asarray(value)
+  try:
+    value = jnp.asarray(value)
+  except TypeError:
+    raise TypeError(f"{fn}: `{name}` must be numeric, got {type(value).__name__}.") from None
   if not (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_):
     raise TypeError(f"{fn}: `{name}` must be numeric, got dtype {value.dtype}.")
   if jnp.issubdtype(value.dtype, jnp.complexfloating):
@@ -142,7 +145,24 @@ def align(fn: str, *sources: Source, axis=-1, where=None) -> Aligned:
       f"({', '.join(f'`{k}` with shape {tuple(v)}' for k, v in dense.items())})."
     )
   ax = _normalise_axis(fn, axis, len(shape), shape)
-  shape_last = shape[:ax] + shape[ax + 1 :] + (shape[ax],)
+  batch = shape[:ax] + shape[ax + 1 :]
+  for s in sources:
+    if s.kind != "labels":
+      continue
+    if s.value.ndim != len(batch):
+      raise ValueError(
+        f"{fn}: `labels` must have the batch shape of the other inputs (their shape "
+        f"{tuple(shape)} without axis {ax}, i.e. {batch}); got shape {s.value.shape}."
+      )
+    try:
+      batch = tuple(np.broadcast_shapes(s.value.shape, batch))
+    except ValueError:
+      raise ValueError(
+        f"{fn}: `labels` with shape {s.value.shape} does not broadcast against the batch "
+        f"shape {batch} (inputs of shape {tuple(shape)} without axis {ax})."
+      ) from None
+    shape = batch[:ax] + (shape[ax],) + batch[ax:]  # labels may broadcast the batch up
+  shape_last = batch + (shape[ax],)
 
   dtypes = [s.value.dtype for s in sources if s.kind != "labels"]
   dtype = _numerics.compute_dtype(jnp.result_type(*dtypes))
@@ -150,19 +170,6 @@ def align(fn: str, *sources: Source, axis=-1, where=None) -> Aligned:
   out = []
   for s in sources:
     if s.kind == "labels":
-      batch = shape[:ax] + shape[ax + 1 :]
-      if s.value.ndim != len(batch):
-        raise ValueError(
-          f"{fn}: `labels` must have the batch shape of the other inputs (their shape "
-          f"{tuple(shape)} without axis {ax}, i.e. {batch}); got shape {s.value.shape}."
-        )
-      try:
-        np.broadcast_shapes(s.value.shape, batch)
-      except ValueError:
-        raise ValueError(
-          f"{fn}: `labels` with shape {s.value.shape} does not broadcast against the batch "
-          f"shape {batch} (inputs of shape {tuple(shape)} without axis {ax})."
-        ) from None
       out.append(s._replace(value=jnp.broadcast_to(s.value, batch)))
       continue
     v = jnp.broadcast_to(s.value.astype(dtype), shape)
@@ -218,4 +225,3 @@ def as_float(fn: str, name: str, x) -> Array:
   ):
     raise TypeError(f"{fn}: `{name}` must be real numeric, got dtype {x.dtype}.")
   return x
-

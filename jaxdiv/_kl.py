@@ -19,10 +19,18 @@ def _labels_nll(fn: str, labels: _inputs.Source, q: _inputs.Source, where) -> Ar
   """``-log q[label]`` per row, with the ignore / out-of-range / excluded conventions."""
   num = q.value.shape[-1]
   ignored, out_of_range, index = _inputs.label_mask(labels.value, num, where)
+  if q.kind == "logits":  # fused kernel: NaN for an invalid row, +inf at a zero q[label]
+    nll = _numerics.labels_ce_from_logits(index, q.value, where)
+    nll = jnp.where(ignored, jnp.zeros_like(nll), nll)
+    return jnp.where(out_of_range, jnp.full_like(nll, jnp.nan), nll)
   dq = _inputs.dist(q, where)
   log_q = jnp.take_along_axis(dq.log_prob, index[..., None], axis=-1)[..., 0]
   q_zero = jnp.take_along_axis(dq.zero, index[..., None], axis=-1)[..., 0]
   nll = jnp.where(q_zero, jnp.inf, -log_q)
+  # An invalid q anywhere in the row (negative or NaN probability, NaN or +inf logit)
+  # makes the result NaN, as it does for a dense target: never a finite wrong number.
+  invalid = jnp.any(jnp.isnan(dq.prob), axis=-1)
+  nll = jnp.where(invalid, jnp.full_like(nll, jnp.nan), nll)
   nll = jnp.where(ignored, jnp.zeros_like(nll), nll)
   return jnp.where(out_of_range, jnp.full_like(nll, jnp.nan), nll)
 
