@@ -1,0 +1,350 @@
+r"""Benchmark jaxdiv's logits kernels against optax and a plain ``jax.nn.log_softmax`` composition.
+
+Every case is timed for the three implementations interleaved in one process (so that
+machine load affects them alike): each jitted function is warmed up, then run ``repeats``
+times in round-robin order, and the median wall time (``block_until_ready``) is reported,
+with the ratios to jaxdiv and the compiled temporary memory
+(``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
+
+Cases: KL from two logit arrays (``kl``), cross-entropy with soft targets (``ce_soft``:
+target probabilities, model logits) and with integer labels (``ce_labels``), each forward
+(``fwd``) and value-and-gradient with respect to the model logits (``vg``), at
+[1024, 32768], [65536, 512] and [8, 10] float32 and [1024, 32768] bfloat16; the exp
+floor (``jnp.exp`` over both arrays, summed per row) and a jitted identity (the call
+overhead floor for the small shape). The float32 relative error of jaxdiv against a
+float64 evaluation of the same inputs is recorded for every shape.
+
+The optax functions (argument order reversed with respect to jaxdiv's):
+
+* KL: ``optax.losses.kl_divergence_with_log_targets(log_softmax(q), log_softmax(p))``
+* CE soft: ``optax.softmax_cross_entropy(q_logits, p)``
+* CE labels: ``optax.softmax_cross_entropy_with_integer_labels(q_logits, labels)``
+
+Run::
+
+  .venv/bin/python scripts/bench.py                 # full CPU table, writes results/bench.json
+  .venv/bin/python scripts/bench.py --quick         # tiny shapes: a smoke test of the suite
+  .venv/bin/python scripts/bench.py --gpu           # adds [8192, 131072] KL and % of peak bandwidth
+
+``--gpu`` reports the achieved bandwidth (bytes that must move: each input read once, the
+gradient written once) as a percentage of ``--peak-tbps`` (4.8 TB/s, an H200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxdiv
+
+IMPLS = ("jaxdiv", "optax", "jax")
+
+
+# ---------------------------------------------------------------------------
+# The functions compared (p: target, q: model; optax takes the model first).
+# ---------------------------------------------------------------------------
+
+
+def _kl(impl):
+  import optax
+
+  if impl == "jaxdiv":
+    return lambda p, q: jaxdiv.kl_divergence(p_logits=p, q_logits=q)
+  if impl == "optax":
+    return lambda p, q: optax.losses.kl_divergence_with_log_targets(
+      jax.nn.log_softmax(q.astype(jnp.float32)), jax.nn.log_softmax(p.astype(jnp.float32))
+    )
+
+  def plain(p, q):
+    log_p = jax.nn.log_softmax(p.astype(jnp.float32))
+    log_q = jax.nn.log_softmax(q.astype(jnp.float32))
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+  return plain
+
+
+def _ce_soft(impl):
+  import optax
+
+  if impl == "jaxdiv":
+    return lambda p, q: jaxdiv.cross_entropy(p, q_logits=q)
+  if impl == "optax":
+    return lambda p, q: optax.softmax_cross_entropy(q.astype(jnp.float32), p.astype(jnp.float32))
+  return lambda p, q: -jnp.sum(p * jax.nn.log_softmax(q.astype(jnp.float32)), axis=-1)
+
+
+def _ce_labels(impl):
+  import optax
+
+  if impl == "jaxdiv":
+    return lambda y, q: jaxdiv.cross_entropy(labels=y, q_logits=q)
+  if impl == "optax":
+    return lambda y, q: optax.softmax_cross_entropy_with_integer_labels(q.astype(jnp.float32), y)
+
+  def plain(y, q):
+    log_q = jax.nn.log_softmax(q.astype(jnp.float32))
+    return -jnp.take_along_axis(log_q, y[..., None], axis=-1)[..., 0]
+
+  return plain
+
+
+LOSSES = {"kl": _kl, "ce_soft": _ce_soft, "ce_labels": _ce_labels}
+
+
+def _value_and_grad(f):
+  """Value and gradient of the summed loss with respect to the model logits ``q``."""
+  return jax.value_and_grad(lambda p, q: jnp.sum(f(p, q)), argnums=1)
+
+
+def _inputs(loss, shape, dtype, seed):
+  kp, kq = jax.random.split(jax.random.key(seed))
+  q = (2.0 * jax.random.normal(kq, shape, jnp.float32)).astype(dtype)
+  if loss == "ce_labels":
+    p = jax.random.randint(kp, shape[:-1], 0, shape[-1])
+  elif loss == "ce_soft":
+    p = jax.nn.softmax(2.0 * jax.random.normal(kp, shape, jnp.float32)).astype(dtype)
+  else:
+    p = (2.0 * jax.random.normal(kp, shape, jnp.float32)).astype(dtype)
+  return p, q
+
+
+# ---------------------------------------------------------------------------
+# Timing and memory
+# ---------------------------------------------------------------------------
+
+
+def _block(x):
+  return jax.tree_util.tree_map(lambda a: a.block_until_ready(), x)
+
+
+def _time_interleaved(fns: dict, args, repeats: int, warmup: int = 2) -> dict:
+  """Median milliseconds per function, the functions run in round-robin order."""
+  for f in fns.values():
+    for _ in range(warmup):
+      _block(f(*args))
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, f in fns.items():
+      t0 = time.perf_counter()
+      _block(f(*args))
+      times[k].append(time.perf_counter() - t0)
+  return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def _temp_bytes(compiled) -> int | None:
+  """Compiled temporary memory (excludes arguments and outputs)."""
+  analysis = compiled.memory_analysis()
+  return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def _rel_error(loss, shape, dtype, seed) -> float:
+  """Max relative error of jaxdiv in float32 (or from bf16 inputs) against float64."""
+  p, q = _inputs(loss, shape, dtype, seed)
+  f = jax.jit(LOSSES[loss]("jaxdiv"))
+  got = np.asarray(f(p, q), np.float64)
+  with jax.enable_x64(True):
+    if loss == "ce_labels":
+      p64 = jnp.asarray(np.asarray(p))
+    else:
+      p64 = jnp.asarray(np.asarray(p.astype(jnp.float32)), jnp.float64)
+    q64 = jnp.asarray(np.asarray(q.astype(jnp.float32)), jnp.float64)
+    ref = np.asarray(jax.jit(LOSSES[loss]("jaxdiv"))(p64, q64))
+  return float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-30)))
+
+
+# ---------------------------------------------------------------------------
+# Suite
+# ---------------------------------------------------------------------------
+
+
+def _shapes(quick: bool):
+  if quick:
+    return [
+      ((64, 1024), "float32"),
+      ((512, 64), "float32"),
+      ((8, 10), "float32"),
+      ((64, 1024), "bfloat16"),
+    ]
+  return [
+    ((1024, 32768), "float32"),
+    ((65536, 512), "float32"),
+    ((8, 10), "float32"),
+    ((1024, 32768), "bfloat16"),
+  ]
+
+
+def _bench_case(loss, mode, shape, dtype, repeats, seed):
+  args = _inputs(loss, shape, jnp.dtype(dtype), seed)
+  fns, temp = {}, {}
+  for impl in IMPLS:
+    f = LOSSES[loss](impl)
+    compiled = jax.jit(f if mode == "fwd" else _value_and_grad(f)).lower(*args).compile()
+    fns[impl], temp[impl] = compiled, _temp_bytes(compiled)
+  ms = _time_interleaved(fns, args, repeats)
+  return {
+    "loss": loss,
+    "mode": mode,
+    "shape": list(shape),
+    "dtype": dtype,
+    "ms": ms,
+    "temp_bytes": temp,
+    "speedup_vs_optax": ms["optax"] / ms["jaxdiv"],
+    "speedup_vs_jax": ms["jax"] / ms["jaxdiv"],
+  }
+
+
+def _floors(shape, dtype, repeats, seed):
+  """The exp floor (both arrays, exp summed per row) and a jitted identity, against KL."""
+  args = _inputs("kl", shape, jnp.dtype(dtype), seed)
+  fns = {
+    "jaxdiv_kl": jax.jit(_kl("jaxdiv")),
+    "exp_floor": jax.jit(
+      lambda p, q: (
+        jnp.sum(jnp.exp(p.astype(jnp.float32)), axis=-1)
+        + jnp.sum(jnp.exp(q.astype(jnp.float32)), axis=-1)
+      )
+    ),
+    "identity": jax.jit(lambda p, q: (p, q)),
+  }
+  ms = _time_interleaved(fns, args, repeats)
+  return {
+    "shape": list(shape),
+    "dtype": dtype,
+    "ms": ms,
+    "kl_over_exp_floor": ms["jaxdiv_kl"] / ms["exp_floor"],
+    "kl_over_identity": ms["jaxdiv_kl"] / ms["identity"],
+  }
+
+
+def _gpu_cases(quick, repeats, seed, peak_tbps):
+  shape = (64, 2048) if quick else (8192, 131072)
+  out = []
+  for dtype in ("bfloat16", "float32"):
+    for mode in ("fwd", "vg"):
+      case = _bench_case("kl", mode, shape, dtype, repeats, seed)
+      n = shape[0] * shape[1]
+      itemsize = jnp.dtype(dtype).itemsize
+      moved = 2 * n * itemsize + (n * itemsize if mode == "vg" else 0)  # reads (+ gradient)
+      case["bytes_moved"] = moved
+      case["bandwidth_pct_of_peak"] = {
+        k: 100 * moved / (v * 1e-3) / (peak_tbps * 1e12) for k, v in case["ms"].items()
+      }
+      out.append(case)
+  return out
+
+
+def run(
+  quick: bool = False,
+  gpu: bool = False,
+  repeats: int | None = None,
+  seed: int = 0,
+  peak_tbps: float = 4.8,
+) -> dict:
+  repeats = repeats or (3 if quick else 7)
+  cases, floors, errors = [], [], []
+  for shape, dtype in _shapes(quick):
+    for loss in LOSSES:
+      for mode in ("fwd", "vg"):
+        cases.append(_bench_case(loss, mode, shape, dtype, repeats, seed))
+        print(_row(cases[-1]), flush=True)
+    floors.append(_floors(shape, dtype, repeats, seed))
+    if dtype == "float32":
+      for loss in LOSSES:
+        errors.append(
+          {
+            "loss": loss,
+            "shape": list(shape),
+            "max_rel_error": _rel_error(loss, shape, jnp.float32, seed),
+          }
+        )
+  out = {
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0].device_kind),
+    "jax": jax.__version__,
+    "quick": quick,
+    "repeats": repeats,
+    "seed": seed,
+    "cases": cases,
+    "floors": floors,
+    "rel_errors": errors,
+  }
+  if gpu:
+    out["peak_tbps"] = peak_tbps
+    out["gpu_cases"] = _gpu_cases(quick, repeats, seed, peak_tbps)
+  return out
+
+
+def _mib(b):
+  return "-" if b is None else f"{b / 2**20:.1f}"
+
+
+def _row(c):
+  ms, t = c["ms"], c["temp_bytes"]
+  shape = "x".join(map(str, c["shape"]))
+  return (
+    f"{c['loss']:<10}{c['mode']:<4}{shape:>12} {c['dtype']:<9}"
+    + "".join(f"{ms[k]:>9.2f}" for k in IMPLS)
+    + f"{c['speedup_vs_optax']:>8.2f}x{c['speedup_vs_jax']:>7.2f}x"
+    + "".join(f"{_mib(t[k]):>9}" for k in IMPLS)
+  )
+
+
+def table(results: dict) -> str:
+  head = (
+    f"{'loss':<10}{'mode':<4}{'shape':>12} {'dtype':<9}"
+    + "".join(f"{k + ' ms':>9}" for k in IMPLS)
+    + f"{'/optax':>9}{'/jax':>8}"
+    + "".join(f"{k[:5] + ' MiB':>9}" for k in IMPLS)
+  )
+  lines = [head, "-" * len(head)] + [_row(c) for c in results["cases"]]
+  lines += ["", "floors (KL forward vs exp over both arrays and a jitted identity):"]
+  for f in results["floors"]:
+    ms = f["ms"]
+    lines.append(
+      f"  {'x'.join(map(str, f['shape'])):>12} {f['dtype']:<9} kl {ms['jaxdiv_kl']:.3f} ms, "
+      f"exp {ms['exp_floor']:.3f} ms (x{f['kl_over_exp_floor']:.2f}), "
+      f"identity {ms['identity']:.3f} ms (x{f['kl_over_identity']:.2f})"
+    )
+  lines += ["", "float32 relative error of jaxdiv against float64:"]
+  lines += [
+    f"  {e['loss']:<10}{'x'.join(map(str, e['shape'])):>12}  {e['max_rel_error']:.2e}"
+    for e in results["rel_errors"]
+  ]
+  for c in results.get("gpu_cases", []):
+    pct = c["bandwidth_pct_of_peak"]
+    lines.append(
+      f"gpu {_row(c)}  bandwidth % of {results['peak_tbps']} TB/s: "
+      + ", ".join(f"{k} {v:.1f}%" for k, v in pct.items())
+    )
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
+  parser.add_argument("--gpu", action="store_true", help="add the [8192, 131072] KL cases")
+  parser.add_argument("--peak-tbps", type=float, default=4.8, help="peak bandwidth (TB/s)")
+  parser.add_argument("--repeats", type=int, default=None, help="timed runs per function")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=os.path.join("results", "bench.json"))
+  args = parser.parse_args(argv)
+  results = run(args.quick, args.gpu, args.repeats, args.seed, args.peak_tbps)
+  print(table(results))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as fh:
+    json.dump(results, fh, sort_keys=True, indent=2)
+    fh.write("\n")
+  print(f"wrote {args.out}")
+  return results
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
