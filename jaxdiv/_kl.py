@@ -238,6 +238,8 @@ def kl_divergence(
     d = _labels_nll(fn, ps, qs, a.where)
   elif ps.kind == "logits" and qs.kind == "logits":
     d = _numerics.kl_from_logits(ps.value, qs.value, a.where)
+  elif qs.kind == "logits":
+    d = _numerics.soft_kl_from_logits(_inputs.probs(ps, a.where), qs.value, a.where)
   else:
     dp, dq = _inputs.dist(ps, a.where), _inputs.dist(qs, a.where)
     terms = _numerics.rel_entr(dp.prob, dp.zero, dp.log_prob, dq.log_prob, dq.zero)

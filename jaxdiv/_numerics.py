@@ -328,6 +328,54 @@ def soft_ce_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array
   return _soft_ce_stats(p, q_logits, where)[0]
 
 
+def _soft_kl_rows(p: Array, b: Array, where: Array | None):
+  b = _mask(b, where)
+  m = jnp.max(b, axis=-1)
+  m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
+  sb = _empty_to_one(jnp.sum(jnp.exp(b - m[..., None]), axis=-1), where)
+  lse = m + jnp.log(sb)
+  log_p, p_zero = safe_log(p)
+  # p_i (log p_i - log q_i), formed per category (keeps a small KL's precision): 0 where
+  # p_i = 0, +inf where p_i > 0 = q_i; NaN p (and negative p, via log) propagates.
+  terms = p * (log_p - (b - lse[..., None]))
+  terms = jnp.where(b == -jnp.inf, jnp.where(p_zero, p, jnp.inf + 0 * p), terms)
+  return jnp.sum(terms, axis=-1), lse
+
+
+@jax.custom_jvp
+def _soft_kl_stats(p: Array, q_logits: Array, where: Array | None):
+  """``(KL(p || softmax(q_logits)), logsumexp(q_logits))`` per row, ``p`` as given."""
+  return _map_rows(_soft_kl_rows, (p, q_logits, where), q_logits.shape[-1], blocked=False)
+
+
+@functools.partial(_soft_kl_stats.defjvp, symbolic_zeros=True)
+def _soft_kl_stats_jvp(primals, tangents):
+  p, b, where = primals
+  dp, db, _ = tangents
+  kl, lse_b = _soft_kl_stats(p, b, where)
+  q, log_q, _ = _log_prob(_mask(b, where), lse_b)
+  log_p, p_zero = safe_log(p)
+  # dKL = <q sum(p) - p, dq> + <log p + 1 - log q, dp>: the q-part is *the same* rule
+  # as soft_ce_from_logits (so CE and KL trajectories agree bitwise); the log p + 1
+  # part is taken as 0 where p = 0 (its true value is -inf), as for the entropy.
+  zero = jnp.zeros_like(kl)
+  coef_q = q * jnp.sum(p, axis=-1, keepdims=True) - p
+  coef_p = jnp.where(p_zero, jnp.zeros_like(p), log_p + 1) - log_q
+  return (kl, lse_b), (_add(zero, _dot(coef_q, db), _dot(coef_p, dp)), _add(zero, _dot(q, db)))
+
+
+def soft_kl_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array:
+  r"""KL(p || softmax(q_logits)) over the last axis for probabilities ``p`` used as given.
+
+  .. math:: \mathrm{KL} = \textstyle\sum_i p_i (\log p_i - z_i + \operatorname{lse}(z))
+
+  One exp per element. Derivative rule (custom JVP, closed form):
+  ``dKL = <q sum(p) - p, dq> + <log p + 1 - log q, dp>`` -- the ``dq`` part is the
+  rule of :func:`soft_ce_from_logits`, so minimising either gives identical steps.
+  """
+  return _soft_kl_stats(p, q_logits, where)[0]
+
+
 def _labels_rows(labels: Array, b: Array, where: Array | None):
   b = _mask(b, where)
   db, mb = _shift(b)
@@ -375,6 +423,7 @@ def labels_ce_from_logits(labels: Array, q_logits: Array, where: Array | None) -
 # ---------------------------------------------------------------------------
 # e^x - 1 - x without cancellation (closed forms and Monte-Carlo KL estimators).
 # ---------------------------------------------------------------------------
+
 
 # 1/n! for n = 17, 16, ..., 2: the Taylor series of (e^x - 1 - x) / x^2, in Horner order.
 def _inverse_factorials(lo: int, hi: int) -> tuple[float, ...]:
