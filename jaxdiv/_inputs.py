@@ -172,7 +172,10 @@ def align(fn: str, *sources: Source, axis=-1, where=None) -> Aligned:
     if s.kind == "labels":
       out.append(s._replace(value=jnp.broadcast_to(s.value, batch)))
       continue
-    v = jnp.broadcast_to(s.value.astype(dtype), shape)
+    v = s.value.astype(dtype)
+    if s.kind == "probs":
+      v = _numerics.flush_subnormal_upcast(s.value, v)
+    v = jnp.broadcast_to(v, shape)
     out.append(s._replace(value=jnp.moveaxis(v, ax, -1)))
   if where is not None:
     where = jnp.moveaxis(jnp.broadcast_to(where, shape), ax, -1)

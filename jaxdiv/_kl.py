@@ -271,9 +271,12 @@ def _bernoulli_pair(fn, p, q, p_logits, q_logits, base):
   sq = _inputs.source(fn, "q", q, q_logits)
   shape = _inputs.broadcast_shape(fn, {sp.name: sp.value.shape, sq.name: sq.value.shape})
   dtype = _numerics.compute_dtype(jnp.result_type(sp.value.dtype, sq.value.dtype))
-  return tuple(
-    _bernoulli_dist(s.kind, jnp.broadcast_to(s.value.astype(dtype), shape)) for s in (sp, sq)
-  )
+
+  def upcast(s):
+    v = s.value.astype(dtype)
+    return _numerics.flush_subnormal_upcast(s.value, v) if s.kind == "probs" else v
+
+  return tuple(_bernoulli_dist(s.kind, jnp.broadcast_to(upcast(s), shape)) for s in (sp, sq))
 
 
 def binary_cross_entropy(

@@ -43,6 +43,23 @@ def compute_dtype(dtype) -> jnp.dtype:
   return dtype
 
 
+def flush_subnormal_upcast(original: Array, upcast: Array) -> Array:
+  """Probabilities upcast from 16 bits with float32-subnormal values set to exactly 0.
+
+  A bfloat16 probability below float32's smallest normal (1.2e-38) becomes a float32
+  subnormal. XLA on CPU runs with denormals-are-zero, but a comparison fused with the
+  16-to-32-bit conversion can be done on the bits, so ``p == 0`` and ``log p`` could
+  disagree about such a value inside one compiled function (seen as a Bhattacharyya
+  coefficient of 1.5). Flushing it here makes every later operation see the same exact
+  zero. Float16 values are never affected (all are float32-normal); wider inputs are
+  returned unchanged.
+  """
+  if jnp.dtype(original.dtype).itemsize >= 4 or not jnp.issubdtype(original.dtype, jnp.floating):
+    return upcast
+  tiny = jnp.finfo(upcast.dtype).tiny
+  return jnp.where(jnp.abs(upcast) < tiny, jnp.zeros_like(upcast), upcast)
+
+
 def neg_sum(terms: Array) -> Array:
   """``-sum(terms)`` over the last axis, returning +0.0 (not -0.0) for an all-zero row."""
   return 0.0 - jnp.sum(terms, axis=-1)

@@ -167,12 +167,7 @@ def _rel_error(loss, shape, dtype, seed) -> float:
 
 def _shapes(quick: bool):
   if quick:
-    return [
-      ((64, 1024), "float32"),
-      ((512, 64), "float32"),
-      ((8, 10), "float32"),
-      ((64, 1024), "bfloat16"),
-    ]
+    return [((16, 256), "float32"), ((16, 256), "bfloat16")]  # a smoke test of the suite
   return [
     ((1024, 32768), "float32"),
     ((65536, 512), "float32"),

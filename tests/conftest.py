@@ -3,3 +3,15 @@
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Print the size of the adversarial grid (its cells run inside one xdist worker)."""
+  import sys
+  from pathlib import Path
+
+  sys.path.insert(0, str(Path(__file__).parent))
+  import test_grid
+
+  mode = "full" if test_grid.FULL_GRID else "deterministic sample; JAXDIV_FULL_GRID=1 for all"
+  terminalreporter.write_line(f"adversarial grid: {test_grid.planned_cells()} cells ({mode})")

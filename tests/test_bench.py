@@ -32,7 +32,7 @@ def test_every_loss_mode_and_shape_is_timed_for_every_implementation(bench_resul
   results, _ = bench_results
   seen = {(c["loss"], c["mode"], tuple(c["shape"]), c["dtype"]) for c in results["cases"]}
   shapes = {(tuple(c["shape"]), c["dtype"]) for c in results["cases"]}
-  assert len(shapes) == 4
+  assert len(shapes) == 2
   assert seen == {
     (loss, mode, shape, dtype)
     for loss in ("kl", "ce_soft", "ce_labels")
@@ -48,7 +48,7 @@ def test_every_loss_mode_and_shape_is_timed_for_every_implementation(bench_resul
 
 def test_floors_cover_every_shape(bench_results):
   results, _ = bench_results
-  assert len(results["floors"]) == 4
+  assert len(results["floors"]) == 2
   for f in results["floors"]:
     assert set(f["ms"]) == {"jaxdiv_kl", "exp_floor", "identity"}
     assert f["kl_over_exp_floor"] == pytest.approx(f["ms"]["jaxdiv_kl"] / f["ms"]["exp_floor"])
@@ -58,7 +58,7 @@ def test_float32_fast_path_is_within_1e_5_of_float64(bench_results):
   results, _ = bench_results
   errors = results["rel_errors"]
   assert {e["loss"] for e in errors} == {"kl", "ce_soft", "ce_labels"}
-  assert len(errors) == 9  # three losses at the three float32 shapes
+  assert len(errors) == 3  # three losses at the float32 shape
   assert all(0 <= e["max_rel_error"] <= 1e-5 for e in errors)
 
 
