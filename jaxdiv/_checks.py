@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import checkify
 
 _PROB_ARGS = ("p", "q")
-_LOGIT_ARGS = ("p_logits", "q_logits", "logits", "teacher_logits", "student_logits")
+_LOGIT_ARGS = ("p_logits", "q_logits", "logits")
 _POSITIVE_ARGS = ("scale", "scale_p", "scale_q", "concentration_p", "concentration_q")
 _TRIL_ARGS = ("scale_tril", "scale_tril_p", "scale_tril_q")
 _LOG_DENSITY_ARGS = ("log_p", "log_q")
@@ -41,10 +41,10 @@ _FINITE_ARGS = (
   "loc_q",
   "hidden",
   "weight",
-  "student_hidden",
-  "student_weight",
-  "teacher_hidden",
-  "teacher_weight",
+  "p_hidden",
+  "q_hidden",
+  "p_weight",
+  "q_weight",
 )
 
 
@@ -132,14 +132,13 @@ def _check_arguments(fn: str, args: dict) -> None:
 
 def _num_categories(args: dict):
   axis = args.get("axis", -1)
-  for name in ("q", "q_logits", "logits", "student_logits"):
+  for name in ("q", "q_logits", "logits"):
     x = args.get(name)
     if x is not None and jnp.ndim(x) > 0:
       return jnp.shape(x)[axis]
-  for name in ("weight", "student_weight"):
-    x = args.get(name)
-    if x is not None and jnp.ndim(x) == 2:
-      return jnp.shape(x)[-1]
+  x = args.get("weight")  # linear_cross_entropy: hidden [..., D] @ weight [D, V]
+  if "hidden" in args and x is not None and jnp.ndim(x) == 2:
+    return jnp.shape(x)[-1]
   return None
 
 

@@ -101,3 +101,56 @@ def test_checked_keeps_signature_and_results():
   assert kl.__name__ == "kl_divergence"
   assert kl.__doc__ == jaxdiv.kl_divergence.__doc__
   np.testing.assert_array_equal(kl(P, Q, base=2), jaxdiv.kl_divergence(P, Q, base=2))
+
+
+FAMILY = {
+  "entropy": {},
+  "cross_entropy": {},
+  "kl_divergence": {},
+  "jensen_shannon_divergence": {},
+  "jensen_shannon_distance": {},
+  "jeffreys_divergence": {},
+  "skew_kl_divergence": {"alpha": 0.2},
+  "total_variation_distance": {},
+  "squared_hellinger_distance": {},
+  "hellinger_distance": {},
+  "bhattacharyya_coefficient": {},
+  "bhattacharyya_distance": {},
+  "chi_squared_divergence": {},
+  "renyi_divergence": {"alpha": 2.0},
+  "alpha_divergence": {"alpha": 0.5},
+  "f_divergence": {"f": jaxdiv.generators.kl},
+}
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_every_categorical_function_checks_its_probabilities(name):
+  fn = jaxdiv.checked(getattr(jaxdiv, name))
+  args = (P,) if name == "entropy" else (P, Q)
+  np.testing.assert_array_equal(
+    fn(*args, **FAMILY[name]), getattr(jaxdiv, name)(*args, **FAMILY[name])
+  )
+  bad = jnp.array([1.5, -0.5])
+  with _raises(f"jaxdiv.{name}: negative probability"):
+    fn(bad, **FAMILY[name]) if name == "entropy" else fn(P, bad, **FAMILY[name])
+  with _raises(f"jaxdiv.{name}: .*does not sum to 1"):
+    fn(jnp.array([0.5, 0.6]), **FAMILY[name]) if name == "entropy" else fn(
+      jnp.array([0.5, 0.6]), Q, **FAMILY[name]
+    )
+
+
+def test_closed_forms_estimators_and_fused_losses_are_checked():
+  with _raises(r"normal_kl_divergence: non-positive or NaN value .* in `scale_q`"):
+    jaxdiv.checked(jaxdiv.normal_kl_divergence)(0.0, 1.0, 0.0, jnp.array(-1.0))
+  with _raises(r"mvn_entropy: non-positive or NaN diagonal"):
+    jaxdiv.checked(jaxdiv.mvn_entropy)(jnp.diag(jnp.array([1.0, -2.0])))
+  with _raises(r"kl_estimate: NaN or \+inf log-density .* in `log_p`"):
+    jaxdiv.checked(jaxdiv.kl_estimate)(jnp.array([0.0, jnp.nan]), jnp.zeros(2))
+  with _raises(r"linear_cross_entropy: label out of range .* >= the number of categories 3"):
+    jaxdiv.checked(jaxdiv.linear_cross_entropy)(
+      jnp.ones((2, 4)), jnp.ones((4, 3)), jnp.array([0, 3])
+    )
+  with _raises(r"linear_kl_divergence: non-finite value .* in `q_hidden`"):
+    jaxdiv.checked(jaxdiv.linear_kl_divergence)(
+      jnp.ones((2, 4)), jnp.ones((4, 3)), jnp.array([[1.0, jnp.inf, 0, 0]] * 2), jnp.ones((4, 3))
+    )
