@@ -54,6 +54,8 @@ def test_ce_vs_kl_claims(quick_run):
     assert t["max_param_diff"] == 0.0 and t["bitwise_identical"], name
     assert t["ce_run"].get("test_accuracy") == t["kl_run"].get("test_accuracy")
     assert t["other_form"]["max_gap_error"] <= t["other_form"]["gap_tolerance"]
+    # Probability targets: KL's rule shares CE's q*sum(p) - p, so also bitwise equal.
+    assert t["other_form"]["bitwise_identical"], name
   assert tasks["digits-onehot"]["ce_run"]["test_accuracy"] > 0.85
   claims = r["claims"]
   assert claims["gap_equals_target_entropy"] and claims["parameters_agree"]
