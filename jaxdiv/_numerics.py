@@ -301,18 +301,45 @@ def ce_from_logits(p_logits: Array, q_logits: Array, where: Array | None) -> Arr
   return _ce_stats(p_logits, q_logits, where)[0]
 
 
-def _soft_ce_rows(p: Array, b: Array, where: Array | None):
-  b = _mask(b, where)
-  m = jnp.max(b, axis=-1)
-  m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
-  # Not blocked: each reduction reads b itself (b - m is not shared, so XLA does not
-  # materialise it). p_i b_i: 0 where p_i = 0, -inf where p_i > 0 = q_i; NaN p propagates.
-  sb = _empty_to_one(jnp.sum(jnp.exp(b - m[..., None]), axis=-1), where)
-  pb = jnp.where(b == -jnp.inf, jnp.where(p > 0, -jnp.inf, p), p * b)
-  pb = jnp.where(p == 0, jnp.zeros_like(pb), pb)
-  lse = m + jnp.log(sb)
-  ce = jnp.sum(p, axis=-1) * lse - jnp.sum(pb, axis=-1)
-  return ce, lse
+def _softmax_rule_parts(rows, target: Array, b: Array, where: Array | None):
+  """``(loss, lse, q, safe log q)`` for the derivative rules of the one-exp kernels.
+
+  The rule computes the primal itself (not through the custom_jvp kernel) and forms
+  ``q = exp(b - max) / sum`` from the same exponentials as the log-normaliser, so a
+  value-and-gradient takes one exp per element, as autodiff of a log-softmax does;
+  going through the kernel and then ``exp(b - lse)`` would take two.
+  """
+  bm = _mask(b, where)
+  shifted, m = _shift(bm)
+  e = jnp.exp(shifted)
+  s = _empty_to_one(jnp.sum(e, axis=-1), where)
+  loss, lse, *extra = rows(target, bm, where, (m, e, s))
+  zero = bm == -jnp.inf
+  log_q = jnp.where(zero, jnp.zeros_like(bm), bm - lse[..., None])
+  return (loss, lse, e / s[..., None], log_q, *extra)
+
+
+def _soft_ce_rows(p: Array, b: Array, where: Array | None, parts=None):
+  if parts is None:
+    b = _mask(b, where)
+    m = jnp.max(b, axis=-1)
+    m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
+    # Not blocked: each reduction reads b itself (b - m is not shared, so XLA does not
+    # materialise it).
+    sb = _empty_to_one(jnp.sum(jnp.exp(b - m[..., None]), axis=-1), where)
+    lse = m + jnp.log(sb)
+  else:
+    m, _, sb = parts
+    lse = _lse(m, sb)
+  # p_i (lse - b_i) in one reduction: 0 where p_i = 0, +inf where p_i > 0 = q_i; NaN p
+  # (and the NaN of a +inf logit, through lse) propagates.
+  terms = jnp.where(b == -jnp.inf, jnp.where(p > 0, jnp.inf, p), p * (lse[..., None] - b))
+  terms = jnp.where(p == 0, jnp.zeros_like(terms), terms)
+  if parts is None:
+    return jnp.sum(terms, axis=-1), lse
+  # The rule also needs sum(p). (A variadic lax.reduce would read p once for both sums,
+  # but it has no derivative rule, and the hessian differentiates this rule.)
+  return jnp.sum(terms, axis=-1), lse, jnp.sum(p, axis=-1)
 
 
 @jax.custom_jvp
@@ -325,11 +352,10 @@ def _soft_ce_stats(p: Array, q_logits: Array, where: Array | None):
 def _soft_ce_stats_jvp(primals, tangents):
   p, b, where = primals
   dp, db, _ = tangents
-  ce, lse_b = _soft_ce_stats(p, b, where)
-  q, log_q, _ = _log_prob(_mask(b, where), lse_b)
+  ce, lse_b, q, log_q, total = _softmax_rule_parts(_soft_ce_rows, p, b, where)
   # dH = <q sum(p) - p, dq> - <log q, dp>  (log q taken as 0 where q = 0).
   zero = jnp.zeros_like(ce)
-  coef_q = q * jnp.sum(p, axis=-1, keepdims=True) - p
+  coef_q = q * total[..., None] - p
   dce = _add(zero, _dot(coef_q, db), _dot(-log_q, dp))
   return (ce, lse_b), (dce, _add(zero, _dot(q, db)))
 
@@ -393,10 +419,13 @@ def soft_kl_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array
   return _soft_kl_stats(p, q_logits, where)[0]
 
 
-def _labels_rows(labels: Array, b: Array, where: Array | None):
-  b = _mask(b, where)
-  db, mb = _shift(b)
-  sb = _empty_to_one(jnp.sum(jnp.exp(db), axis=-1), where)
+def _labels_rows(labels: Array, b: Array, where: Array | None, parts=None):
+  if parts is None:
+    b = _mask(b, where)
+    db, mb = _shift(b)
+    sb = _empty_to_one(jnp.sum(jnp.exp(db), axis=-1), where)
+  else:
+    mb, _, sb = parts
   picked = jnp.take_along_axis(b, labels, axis=-1)[..., 0]
   lse = _lse(mb, sb)
   nll = jnp.where(picked == -jnp.inf, jnp.full_like(lse, jnp.inf), lse - picked)
@@ -415,8 +444,7 @@ def _labels_stats(labels: Array, q_logits: Array, where: Array | None):
 def _labels_stats_jvp(primals, tangents):
   labels, b, where = primals
   _, db, _ = tangents
-  nll, lse_b = _labels_stats(labels, b, where)
-  q, _, _ = _log_prob(_mask(b, where), lse_b)
+  nll, lse_b, q, _ = _softmax_rule_parts(_labels_rows, labels[..., None], b, where)
   # d(-log q_y) = <q - onehot(y), dq>; the one-hot is formed elementwise (no scatter).
   onehot = lax.broadcasted_iota(labels.dtype, b.shape, b.ndim - 1) == labels[..., None]
   zero = jnp.zeros_like(nll)
