@@ -124,3 +124,55 @@ class Progress:
   def __call__(self, msg: str) -> None:
     if not self.quiet:
       print(f"[{self.prefix}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_experiment(
+  argv,
+  *,
+  name: str,
+  config_cls,
+  quick: dict,
+  run,
+  plot,
+  description: str,
+  report=None,
+  ok=None,
+) -> int:
+  """The shared ``main`` of every experiment.
+
+  Parses flags that mirror ``config_cls`` (plus ``--out``, ``--figures``, ``--quick``,
+  ``--quiet``, ``--no-plot``, ``--plot-only``), runs ``run(config, progress)``, writes
+  ``OUT/<name>.json`` atomically, draws the figures from that file only, prints
+  ``report(results)`` unless quiet, and returns 0, or 1 when ``ok(results)`` is false.
+  A configuration the machine cannot honour (``run`` raising ValueError) is a one-line
+  error, and no results file is written.
+  """
+  import time
+
+  parser = config_parser(config_cls, description)
+  parser.add_argument(
+    "--plot-only", action="store_true", help=f"redraw the figures from OUT/{name}.json"
+  )
+  args = parser.parse_args(argv)
+  config = config_from_args(config_cls, args, quick)
+  out = prepare_out_dir(args.out)
+  figures = prepare_out_dir(args.figures) if args.figures and not args.no_plot else out
+  path = out / f"{name}.json"
+  progress = Progress(args.quiet, name)
+  if not args.plot_only:
+    start = time.perf_counter()
+    try:
+      results = run(config, progress)
+    except ValueError as e:
+      raise SystemExit(f"error: {e}") from None
+    write_json_atomic(results, path)
+    progress(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+  elif not path.exists():
+    raise SystemExit(f"error: --plot-only needs an existing results file, {str(path)!r} is missing")
+  results = read_json(path)
+  if not args.no_plot:
+    for p in plot(results, figures):
+      progress(f"wrote {p}")
+  if report is not None and not args.quiet:
+    print(report(results))
+  return 0 if ok is None or ok(results) else 1

@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import math
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -525,30 +524,17 @@ def plot(results: dict, out_dir) -> list:
 
 
 def main(argv=None) -> int:
-  parser = _io.config_parser(Config, __doc__.splitlines()[0])
-  parser.add_argument(
-    "--plot-only", action="store_true", help="redraw the figures from OUT/ce_vs_kl.json"
+  return _io.run_experiment(
+    argv,
+    name=NAME,
+    config_cls=Config,
+    quick=QUICK,
+    run=run,
+    plot=plot,
+    description=__doc__.splitlines()[0],
+    report=None,
+    ok=None,
   )
-  args = parser.parse_args(argv)
-  config = _io.config_from_args(Config, args, QUICK)
-  out = _io.prepare_out_dir(args.out)
-  figures = _io.prepare_out_dir(args.figures) if args.figures and not args.no_plot else out
-  path = out / f"{NAME}.json"
-  progress = _io.Progress(args.quiet, NAME)
-  if not args.plot_only:
-    start = time.perf_counter()
-    try:
-      results = run(config, progress)
-    except ValueError as e:  # a configuration the machine cannot honour (e.g. --devices)
-      raise SystemExit(f"error: {e}") from None
-    _io.write_json_atomic(results, path)
-    progress(f"wrote {path} in {time.perf_counter() - start:.1f} s")
-  elif not path.exists():
-    raise SystemExit(f"error: --plot-only needs an existing results file, {str(path)!r} is missing")
-  if not args.no_plot:
-    for p in plot(_io.read_json(path), figures):
-      progress(f"wrote {p}")
-  return 0
 
 
 if __name__ == "__main__":

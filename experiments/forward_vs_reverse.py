@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 
 import numpy as np
 
@@ -244,28 +243,27 @@ def plot(results: dict, out_dir) -> list:
   return plotting.save(fig, out_dir, NAME)
 
 
+def _report(results) -> str:
+  lines = [f"{k:>36}: {v}" for k, v in results["checks"].items()]
+  for name in OBJECTIVES:
+    f = results["fits"][name]
+    locs = ", ".join(f"{v:+.3f}" for v in f["loc"])
+    lines.append(f"{name:>12}: fitted means {locs}; scales {np.round(f['scale'], 3).tolist()}")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-  parser = _io.config_parser(Config, __doc__.splitlines()[0])
-  args = parser.parse_args(argv)
-  config = _io.config_from_args(Config, args, QUICK)
-  out = _io.prepare_out_dir(args.out)
-  progress = _io.Progress(args.quiet, NAME)
-  start = time.perf_counter()
-  results = run(config, progress)
-  path = _io.write_json_atomic(results, out / f"{NAME}.json")
-  progress(f"wrote {path} in {time.perf_counter() - start:.1f} s")
-  if not args.no_plot:
-    figures = _io.prepare_out_dir(args.figures) if args.figures else out
-    for p in plot(_io.read_json(path), figures):
-      progress(f"wrote {p}")
-  if not args.quiet:
-    for k, v in results["checks"].items():
-      print(f"{k:>36}: {v}")
-    for name in OBJECTIVES:
-      f = results["fits"][name]
-      locs = ", ".join(f"{v:+.3f}" for v in f["loc"])
-      print(f"{name:>12}: fitted means {locs}; scales {np.round(f['scale'], 3).tolist()}")
-  return 0 if results["all_checks_pass"] else 1
+  return _io.run_experiment(
+    argv,
+    name=NAME,
+    config_cls=Config,
+    quick=QUICK,
+    run=run,
+    plot=plot,
+    description=__doc__.splitlines()[0],
+    report=_report,
+    ok=lambda r: r["all_checks_pass"],
+  )
 
 
 if __name__ == "__main__":

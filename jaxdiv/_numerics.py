@@ -371,18 +371,24 @@ def soft_ce_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array
   return _soft_ce_stats(p, q_logits, where)[0]
 
 
-def _soft_kl_rows(p: Array, b: Array, where: Array | None):
-  b = _mask(b, where)
-  m = jnp.max(b, axis=-1)
-  m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
-  sb = _empty_to_one(jnp.sum(jnp.exp(b - m[..., None]), axis=-1), where)
-  lse = m + jnp.log(sb)
+def _soft_kl_rows(p: Array, b: Array, where: Array | None, parts=None):
+  if parts is None:
+    b = _mask(b, where)
+    m = jnp.max(b, axis=-1)
+    m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
+    sb = _empty_to_one(jnp.sum(jnp.exp(b - m[..., None]), axis=-1), where)
+    lse = m + jnp.log(sb)
+  else:
+    m, _, sb = parts
+    lse = _lse(m, sb)
   log_p, p_zero = safe_log(p)
   # p_i (log p_i - log q_i), formed per category (keeps a small KL's precision): 0 where
   # p_i = 0, +inf where p_i > 0 = q_i; NaN p (and negative p, via log) propagates.
   terms = p * (log_p - (b - lse[..., None]))
   terms = jnp.where(b == -jnp.inf, jnp.where(p_zero, p, jnp.inf + 0 * p), terms)
-  return jnp.sum(terms, axis=-1), lse
+  if parts is None:
+    return jnp.sum(terms, axis=-1), lse
+  return jnp.sum(terms, axis=-1), lse, jnp.sum(p, axis=-1)
 
 
 @jax.custom_jvp
@@ -395,14 +401,13 @@ def _soft_kl_stats(p: Array, q_logits: Array, where: Array | None):
 def _soft_kl_stats_jvp(primals, tangents):
   p, b, where = primals
   dp, db, _ = tangents
-  kl, lse_b = _soft_kl_stats(p, b, where)
-  q, log_q, _ = _log_prob(_mask(b, where), lse_b)
+  kl, lse_b, q, log_q, total = _softmax_rule_parts(_soft_kl_rows, p, b, where)
   log_p, p_zero = safe_log(p)
   # dKL = <q sum(p) - p, dq> + <log p + 1 - log q, dp>: the q-part is *the same* rule
   # as soft_ce_from_logits (so CE and KL trajectories agree bitwise); the log p + 1
   # part is taken as 0 where p = 0 (its true value is -inf), as for the entropy.
   zero = jnp.zeros_like(kl)
-  coef_q = q * jnp.sum(p, axis=-1, keepdims=True) - p
+  coef_q = q * total[..., None] - p
   coef_p = jnp.where(p_zero, jnp.zeros_like(p), log_p + 1) - log_q
   return (kl, lse_b), (_add(zero, _dot(coef_q, db), _dot(coef_p, dp)), _add(zero, _dot(q, db)))
 
