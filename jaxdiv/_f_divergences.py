@@ -88,6 +88,19 @@ def _param(fn: str, name: str, value, pair: _Pair, ok, domain: str) -> Array:
   return jnp.broadcast_to(x.astype(pair.dtype), pair.batch)[..., None]
 
 
+def _minus_one(value, alpha: Array, pair: _Pair) -> Array:
+  """``alpha - 1`` (shape ``batch + (1,)``), taken in float64 when ``value`` is concrete.
+
+  An order given as a Python number keeps its distance from 1 when the computation is in
+  float32 (``float32(0.999) - 1`` is off by 1.3e-5 relative, which the Rényi divergence,
+  a quotient by :math:`\alpha - 1`, would inherit).
+  """
+  if isinstance(value, jax.core.Tracer):
+    return alpha - 1
+  eps = (np.asarray(value, np.float64) - 1).astype(pair.dtype)
+  return jnp.broadcast_to(jnp.asarray(eps), pair.batch)[..., None]
+
+
 def _sqrt(x: Array) -> Array:
   """``sqrt(x)`` with derivative 0 (not inf) at ``x == 0``; NaN stays NaN."""
   zero = x == 0
@@ -163,19 +176,31 @@ def _rel_entr_sum(x: _inputs.Dist, log_y: Array, y_zero: Array) -> Array:
 def _tilt(dp: _inputs.Dist, dq: _inputs.Dist, eps: Array) -> Array:
   r""":math:`A = \sum_i (p_i e^{\varepsilon d_i} - p_i)/\varepsilon`, :math:`d = \log p - \log q`.
 
-  Summed over :math:`p_i > 0`; written as :math:`\sum_i p_i d_i\,\mathrm{exprel}(\varepsilon
-  d_i)`, so :math:`A = \mathrm{KL}(p\|q)` exactly at :math:`\varepsilon = 0` and smooth
-  through it. Categories with :math:`q_i = 0 < p_i` contribute :math:`-p_i/\varepsilon` for
-  :math:`\varepsilon < 0` and nothing otherwise (the caller returns ``+inf`` for
-  :math:`\varepsilon \ge 0`). ``eps`` has shape ``batch + (1,)``.
+  Summed over :math:`p_i > 0`. Where :math:`\varepsilon d_i \le 1` a term is written as
+  :math:`p_i d_i\,\mathrm{exprel}(\varepsilon d_i)`, so :math:`A = \mathrm{KL}(p\|q)` exactly
+  at :math:`\varepsilon = 0` and smooth through it; where :math:`\varepsilon d_i > 1` (no
+  cancellation, and :math:`e^{\varepsilon d_i}` may overflow while :math:`p_i` underflows,
+  e.g. at ``±1e4`` logits) as :math:`(e^{(1+\varepsilon)\log p_i - \varepsilon \log q_i} -
+  p_i)/\varepsilon`, the power :math:`p_i^{1+\varepsilon} q_i^{-\varepsilon}` taken in log
+  space (it overflows only where the true term does). Each branch sees a safe operand
+  (double ``where``). Categories with :math:`q_i = 0 < p_i` contribute
+  :math:`-p_i/\varepsilon` for :math:`\varepsilon < 0` and nothing otherwise (the caller
+  returns ``+inf`` for :math:`\varepsilon \ge 0`). ``eps`` has shape ``batch + (1,)``.
   """
   finite = ~dp.zero & ~dq.zero
   only_p = ~dp.zero & dq.zero
-  d = jnp.where(finite, dp.log_prob - dq.log_prob, jnp.zeros_like(dp.log_prob))
-  terms = jnp.where(finite, dp.prob * d * _exprel(eps * d), jnp.zeros_like(d))
+  zeros = jnp.zeros_like(dp.log_prob)
+  d = jnp.where(finite, dp.log_prob - dq.log_prob, zeros)
+  x = eps * d
+  big = finite & (x > 1)
+  near = dp.prob * d * _exprel(jnp.where(big, zeros, x))
+  eps_b = jnp.where(big, eps, jnp.ones_like(x))
+  log_pow = jnp.where(big, (1 + eps) * dp.log_prob - eps * dq.log_prob, zeros)
+  far = (jnp.exp(log_pow) - dp.prob) / eps_b
+  terms = jnp.where(finite, jnp.where(big, far, near), zeros)
   neg = eps < 0
   eps_neg = jnp.where(neg, eps, -jnp.ones_like(eps))
-  zterms = jnp.where(only_p & neg, dp.prob / -eps_neg, jnp.zeros_like(d))
+  zterms = jnp.where(only_p & neg, dp.prob / -eps_neg, zeros)
   return jnp.sum(terms + zterms, axis=-1)
 
 
@@ -621,9 +646,10 @@ def bhattacharyya_distance(
   Symmetric, :math:`\ge 0`, ``+inf`` for disjoint supports, not a metric (no triangle
   inequality); :math:`D_B = \tfrac12 D_{1/2}` (Rényi of order ½). Computed as
   :math:`-\log(1 - H^2)` (``log1p``) where :math:`H^2 \le \tfrac12`, so it is exactly 0 at
-  :math:`p = q` and accurate for nearby inputs, and as :math:`-\log\mathrm{BC}` otherwise
-  (accurate when BC is tiny); the two agree for normalised inputs. A fully excluded row
-  gives 0.
+  :math:`p = q` and accurate for nearby inputs, and otherwise as
+  :math:`-\operatorname{logsumexp}_i \tfrac12(\log p_i + \log q_i)` (log space: finite
+  where BC underflows, e.g. at ``±1e4`` logits); the two agree for normalised inputs. A
+  fully excluded row gives 0.
 
   Args:
     p, q: probabilities, categories along ``axis``.
@@ -645,12 +671,12 @@ def bhattacharyya_distance(
   fn = "bhattacharyya_distance"
   pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
   h2 = _squared_hellinger(pr)
-  bc = _bhattacharyya(pr)
   near = h2 <= 0.5
   h2s = jnp.where(near, h2, jnp.zeros_like(h2))
-  pos = bc > 0
-  bcs = jnp.where(near | ~pos, jnp.ones_like(bc), bc)
-  far = jnp.where(pos, -jnp.log(bcs), jnp.inf)
+  # -log BC in log space (finite where BC underflows, e.g. at ±1e4 logits; +inf for
+  # disjoint supports).
+  both = ~pr.p.zero & ~pr.q.zero
+  far = -_masked_logsumexp(0.5 * (pr.p.log_prob + pr.q.log_prob), both & ~near[..., None])
   d = jnp.where(near, -jnp.log1p(-h2s), far)
   d = jnp.where(jnp.isnan(h2), h2, d)  # a negative probability: NaN, not +inf
   return _inputs.apply_base(d, base)
@@ -777,10 +803,11 @@ def renyi_divergence(
   """
   fn = "renyi_divergence"
   pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
+  order = alpha
   alpha = _param(fn, "alpha", alpha, pr, lambda v: v >= 0, "in [0, inf] (not NaN)")
   dp, dq = pr.p, pr.q
   a_inf = jnp.isposinf(alpha)
-  eps = jnp.where(a_inf, jnp.ones_like(alpha), alpha - 1)
+  eps = jnp.where(a_inf, jnp.ones_like(alpha), _minus_one(order, alpha, pr))
   finite = ~dp.zero & ~dq.zero
   only_p = ~dp.zero & dq.zero
   d = jnp.where(finite, dp.log_prob - dq.log_prob, jnp.zeros_like(dp.log_prob))
@@ -794,9 +821,15 @@ def renyi_divergence(
   near = no_overflow[..., 0] & (jnp.abs(y) <= 0.5)
   near_val = a_sum * _log1prel(jnp.where(near, y, jnp.zeros_like(y)))
 
-  # Elsewhere: logsumexp(log p + eps d) / eps (eps != 0 there).
+  # Elsewhere: logsumexp(alpha log p + (1 - alpha) log q) / eps (eps != 0 there), the
+  # exponent as log p + eps d for alpha >= 1/2 (exact coefficient near 1) and in the
+  # convex form below (exact at alpha = 0: log q, not log p - (log p - log q)).
   eps_l = jnp.where(near[..., None], jnp.ones_like(eps), eps)
-  lse = _masked_logsumexp(dp.log_prob + eps_l * d, finite)
+  a_l = jnp.where(near[..., None], jnp.ones_like(alpha), alpha)
+  expo = jnp.where(
+    eps_l >= -0.5, dp.log_prob + eps_l * d, a_l * dp.log_prob + (1 - a_l) * dq.log_prob
+  )
+  lse = _masked_logsumexp(expo, finite)
   far_val = lse / eps_l[..., 0]
 
   out = jnp.where(near, near_val, far_val)
