@@ -806,11 +806,22 @@ def renyi_divergence(
   order = alpha
   alpha = _param(fn, "alpha", alpha, pr, lambda v: v >= 0, "in [0, inf] (not NaN)")
   dp, dq = pr.p, pr.q
-  a_inf = jnp.isposinf(alpha)
-  eps = jnp.where(a_inf, jnp.ones_like(alpha), _minus_one(order, alpha, pr))
   finite = ~dp.zero & ~dq.zero
   only_p = ~dp.zero & dq.zero
   d = jnp.where(finite, dp.log_prob - dq.log_prob, jnp.zeros_like(dp.log_prob))
+
+  def order_infinity():  # log max_{p > 0} p/q
+    support = ~dp.zero
+    ratio = jnp.where(only_p, jnp.inf, jnp.where(support, d, -jnp.inf))
+    d_max = jnp.max(ratio, axis=-1)
+    return jnp.where(jnp.any(support, axis=-1), d_max, jnp.zeros_like(d_max))
+
+  if not isinstance(order, jax.core.Tracer) and np.all(np.isposinf(np.asarray(order))):
+    # A concrete alpha = inf: only this branch, so the unused ones (evaluated with
+    # eps = 1 on possibly huge d) cannot leak NaN into the gradient.
+    return _inputs.apply_base(order_infinity(), base)
+  a_inf = jnp.isposinf(alpha)
+  eps = jnp.where(a_inf, jnp.ones_like(alpha), _minus_one(order, alpha, pr))
 
   # Near alpha = 1: A log1p(eps A) / (eps A), with exp(eps d) kept from overflowing.
   top = jnp.max(jnp.where(finite, eps * d, -jnp.inf), axis=-1, keepdims=True)
@@ -836,12 +847,7 @@ def renyi_divergence(
   alpha0 = alpha[..., 0]
   out = jnp.where(_support_mismatch(dp, dq) & (alpha0 >= 1), jnp.inf, out)
 
-  # alpha = inf: log max_{p > 0} p/q.
-  support = ~dp.zero
-  ratio = jnp.where(only_p, jnp.inf, jnp.where(support, d, -jnp.inf))
-  d_max = jnp.max(ratio, axis=-1)
-  d_max = jnp.where(jnp.any(support, axis=-1), d_max, jnp.zeros_like(d_max))
-  out = jnp.where(a_inf[..., 0], d_max, out)
+  out = jnp.where(a_inf[..., 0], order_infinity(), out)
   out = jnp.where(alpha0 >= 0, out, jnp.full_like(out, jnp.nan))
   return _inputs.apply_base(out, base)
 

@@ -84,14 +84,16 @@ def log_softmax(logits: Array, where: Array | None = None) -> Array:
   """
   if where is not None:
     logits = jnp.where(where, logits, -jnp.inf)
-  m = jnp.max(logits, axis=-1, keepdims=True)
-  m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
+  m_raw = jnp.max(logits, axis=-1, keepdims=True)
+  m = lax.stop_gradient(jnp.where(jnp.isfinite(m_raw), m_raw, jnp.zeros_like(m_raw)))
   shifted = logits - m
   s = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
   if where is not None:
     empty = ~jnp.any(where, axis=-1, keepdims=True)
     s = jnp.where(empty, jnp.ones_like(s), s)
-  return shifted - jnp.log(s)
+  # A +inf logit makes the whole row NaN (not NaN there and -inf, "probability 0",
+  # elsewhere, which a divergence that looks only at part of the support would hide).
+  return jnp.where(m_raw == jnp.inf, jnp.full_like(shifted, jnp.nan), shifted - jnp.log(s))
 
 
 def xlogy(x: Array, x_zero: Array, log_y: Array, y_zero: Array) -> Array:

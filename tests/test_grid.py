@@ -277,7 +277,7 @@ SPECS = [
   Spec(
     "bhattacharyya_distance",
     jaxdiv.bhattacharyya_distance,
-    lambda *a: -np.log(_bc(*a)),
+    lambda p, lp, q, lq: -special.logsumexp(0.5 * (lp + lq)),
     CATEGORICAL,
     normalised=True,
   ),
