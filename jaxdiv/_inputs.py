@@ -197,11 +197,7 @@ def dist(s: Source, where: Array | None) -> Dist:
 
 def probs(s: Source, where: Array | None) -> Array:
   """Probabilities as given, NaN where negative, 0 at excluded categories."""
-  p = s.value
-  p = jnp.where(p < 0, jnp.full_like(p, jnp.nan), p)
-  if where is not None:
-    p = jnp.where(where, p, jnp.zeros_like(p))
-  return p
+  return _numerics.nan_negative(s.value, where)
 
 
 def label_mask(labels: Array, num_categories: int, where: Array | None):

@@ -160,7 +160,7 @@ def cross_entropy(
   elif qs.kind == "logits" and ps.kind == "logits":
     h = _numerics.ce_from_logits(ps.value, qs.value, a.where)
   elif qs.kind == "logits":
-    h = _numerics.soft_ce_from_logits(_inputs.probs(ps, a.where), qs.value, a.where)
+    h = _numerics.soft_ce_from_logits(ps.value, qs.value, a.where)
   else:
     dp, dq = _inputs.dist(ps, a.where), _inputs.dist(qs, a.where)
     h = _numerics.neg_sum(_numerics.xlogy(dp.prob, dp.zero, dq.log_prob, dq.zero))
@@ -239,7 +239,7 @@ def kl_divergence(
   elif ps.kind == "logits" and qs.kind == "logits":
     d = _numerics.kl_from_logits(ps.value, qs.value, a.where)
   elif qs.kind == "logits":
-    d = _numerics.soft_kl_from_logits(_inputs.probs(ps, a.where), qs.value, a.where)
+    d = _numerics.soft_kl_from_logits(ps.value, qs.value, a.where)
   else:
     dp, dq = _inputs.dist(ps, a.where), _inputs.dist(qs, a.where)
     terms = _numerics.rel_entr(dp.prob, dp.zero, dp.log_prob, dq.log_prob, dq.zero)

@@ -116,13 +116,31 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 # ---------------------------------------------------------------------------
 # Fused kernels for logit arrays, with closed-form derivative rules.
 #
-# Speed: the forward pass reads each input once from memory. Rows are processed in
-# blocks of about ``_BLOCK_BYTES`` per input (``lax.map`` over row blocks), so the max,
-# the exponentials and the sums of one block stay in cache; per row the kernels keep
-# only the maxima, the sums and the log-normalisers, with two exps per element pair.
-# XLA on CPU does not fuse sibling reductions, which is why the blocking is done by hand.
-# The one-exp kernels (soft targets, labels) are not blocked: their two plain reductions
-# run faster as XLA's multi-threaded fusions than as a loop of blocks.
+# Each kernel returns per-row statistics (the loss and the log-normalisers) and is
+# computed on one of two paths, chosen at run time by ``lax.cond``:
+#
+# * The fast path (no ``where`` mask). XLA on CPU compiles a reduction together with its
+#   elementwise producer into one vectorised kernel only while the producer is plain
+#   arithmetic (``+ - * /``, ``max``, ``exp``, ``log``, ``sqrt``); a compare or select
+#   (``jnp.where``) in it drops the whole reduction to a loop about four times slower. So
+#   the fast path has no ``where`` in any reduction: each loss is a where-free formula
+#   that is *finite exactly when it is valid* -- a ``-inf`` logit against a zero
+#   probability (0 * inf), a NaN, a ``+inf`` or a negative probability (through
+#   ``0 * sqrt(p)``, which is 0 for p >= 0 and NaN otherwise) all make it non-finite.
+#   The rows are shifted by the maximum of at most ``_SAMPLES`` evenly spaced logits, not
+#   by the exact maximum: it costs no pass over the data, keeps every exponential
+#   ``<= e^(max - shift)`` and the sum ``>= 1``; a row whose logits span more than about
+#   80 above that sample overflows, which again shows as a non-finite result.
+# * The exact path, taken when any fast result is non-finite (and always with a mask):
+#   the edge conventions spelled out with ``where`` (``0 log 0 = 0``, ``p > 0 = q`` gives
+#   ``+inf``, ``+inf`` logits give NaN, fully masked rows give 0), shifted by the exact
+#   maximum. Its two-input kernels run over blocks of rows (``lax.map``) so that the
+#   passes of one block stay in cache.
+#
+# Two sums over the same exponentials (``sum e^a`` and ``sum e^a (a - b)``) are kept
+# separate reductions that each recompute ``e^a``: behind an optimisation barrier on the
+# per-row shift, XLA cannot merge them into one materialised N x V array, which on CPU
+# costs more (a page-faulted buffer) than the extra exponential.
 #
 # Derivatives: custom_jvp (not custom_vjp) so that forward mode, jacfwd and hessian keep
 # working. Each rule calls the kernel itself (a custom_jvp too, so higher orders
@@ -134,18 +152,17 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 # nothing.
 # ---------------------------------------------------------------------------
 
-_BLOCK_BYTES = 1 << 20  # per input and block of rows: the block's passes stay in cache
+_BLOCK_BYTES = 1 << 20  # exact path: per input and block of rows, the passes stay in cache
+_SAMPLES = 64  # fast path: logits per row whose maximum is the shift
 
 
 def _map_rows(body, arrays, num_categories: int, blocked: bool = True):
   """``body`` over blocks of rows of ``[..., V]`` arrays (``None`` entries passed through).
 
-  With ``blocked=False`` the body sees all rows at once (for one-exp kernels, whose
-  two plain reductions XLA already runs multi-threaded faster than a loop of blocks).
-
   ``body`` takes arrays with the categories last and any leading shape, and returns a
   tuple of per-row arrays (the category axis reduced). Batch dimensions are flattened
-  to rows, processed in cache-sized blocks, and restored.
+  to rows, processed in cache-sized blocks (all at once with ``blocked=False``), and
+  restored.
   """
   batch = next(x.shape[:-1] for x in arrays if x is not None)
   rows = math.prod(batch)
@@ -156,6 +173,56 @@ def _map_rows(body, arrays, num_categories: int, blocked: bool = True):
   else:
     out = lax.map(lambda xs: body(*xs), flat, batch_size=block)
   return tuple(o.reshape(batch) for o in out)
+
+
+def _fast_or_exact(fast, exact, arrays: tuple, where: Array | None):
+  """``fast(*arrays)`` where all its results are finite, else ``exact(*arrays, where)``.
+
+  The choice is one ``lax.cond`` over the whole batch (under ``vmap`` it becomes a
+  select and both paths run; the result is the same). With a mask, or no categories,
+  only the exact path is built.
+  """
+  if where is not None or arrays[-1].shape[-1] == 0:
+    return exact(*arrays, where)
+  out = fast(*arrays)
+  ok = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(o)) for o in out])
+  return lax.cond(ok, lambda: out, lambda: exact(*arrays, None))
+
+
+def _sample_max(x: Array) -> Array:
+  """Per-row maximum of at most ``_SAMPLES`` evenly spaced entries (the fast path's shift)."""
+  stride = max(1, x.shape[-1] // _SAMPLES)
+  return jnp.max(x[..., ::stride], axis=-1)
+
+
+def _exp_sum(x: Array, shift: Array) -> Array:
+  return jnp.sum(jnp.exp(x - shift[..., None]), axis=-1)
+
+
+def _fresh(*xs):
+  """The same values as new HLO values, so XLA recomputes what depends on them.
+
+  (An ``optimization_barrier`` on small per-row arrays; see the section comment.)
+  """
+  return lax.optimization_barrier(xs)
+
+
+def _sqrt_guard(p: Array) -> Array:
+  """0 where ``p >= 0``, NaN where ``p < 0`` (or NaN): a where-free validity term.
+
+  (``sqrt(p) - sqrt(p)``, not ``0 * sqrt(p)``: a broadcast constant in a reduction's
+  producer is materialised as a full array by XLA on CPU.)
+  """
+  r = jnp.sqrt(p)
+  return r - r
+
+
+def nan_negative(p: Array, where: Array | None) -> Array:
+  """Probabilities as given, NaN where negative, 0 at categories excluded by ``where``."""
+  p = jnp.where(p < 0, jnp.full_like(p, jnp.nan), p)
+  if where is not None:
+    p = jnp.where(where, p, jnp.zeros_like(p))
+  return p
 
 
 def _mask(x: Array, where: Array | None) -> Array:
@@ -183,6 +250,13 @@ def _lse(m: Array, s: Array) -> Array:
   return jnp.where(m == -jnp.inf, jnp.zeros_like(m), m) + jnp.log(s)
 
 
+def _masked_lse(b: Array, where: Array | None) -> Array:
+  """Exact path: ``logsumexp`` of the masked logits (0 for a fully excluded row)."""
+  b = _mask(b, where)
+  db, mb = _shift(b)
+  return _lse(mb, _empty_to_one(jnp.sum(jnp.exp(db), axis=-1), where))
+
+
 def _log_prob(x: Array, lse: Array):
   """``(prob, safe log-prob, zero mask)`` from masked logits and their log-normaliser.
 
@@ -192,6 +266,17 @@ def _log_prob(x: Array, lse: Array):
   zero = x == -jnp.inf
   log_p = jnp.where(zero, jnp.zeros_like(x), x - lse[..., None])
   return jnp.where(zero, jnp.zeros_like(x), jnp.exp(log_p)), log_p, zero
+
+
+def _prob(x: Array, lse: Array, where: Array | None) -> Array:
+  """``exp(x - lse)`` with 0 at ``-inf`` and excluded logits (the rules' softmax).
+
+  Without a mask this is plain arithmetic, one elementwise pass that XLA fuses into the
+  gradient (a row of only ``-inf`` logits, whose ``lse`` is ``-inf``, gives zeros).
+  """
+  if where is not None:
+    return _log_prob(_mask(x, where), lse)[0]
+  return jnp.exp(x - jnp.where(lse == -jnp.inf, jnp.zeros_like(lse), lse)[..., None])
 
 
 def _is_zero(t) -> bool:
@@ -207,6 +292,27 @@ def _add(*terms) -> Array:
   return sum(terms[1:], terms[0])
 
 
+def _total(p: Array, where: Array | None) -> Array:
+  """``sum(p)`` per row over the included categories; NaN if any ``p`` is negative."""
+  if where is None:
+    (p,) = _fresh(p)  # not shared with the loss's reduction (see the section comment)
+    return jnp.sum(p + _sqrt_guard(p), axis=-1)
+  return jnp.sum(nan_negative(p, where), axis=-1)
+
+
+# KL(softmax(a) || softmax(b)) ----------------------------------------------
+
+
+def _kl_fast(a: Array, b: Array):
+  ma, mb = _sample_max(a), _sample_max(b)
+  sa, sb = _exp_sum(a, ma), _exp_sum(b, mb)
+  ma2, mb2 = _fresh(ma, mb)
+  da = a - ma2[..., None]
+  t = jnp.sum(jnp.exp(da) * (da - (b - mb2[..., None])), axis=-1)
+  # E_p[da - db] - log(sa / sb): the ratio keeps the precision of a small KL.
+  return t / sa - jnp.log(sa / sb), ma + jnp.log(sa), mb + jnp.log(sb)
+
+
 def _kl_rows(a: Array, b: Array, where: Array | None):
   a, b = _mask(a, where), _mask(b, where)
   da, ma = _shift(a)
@@ -219,15 +325,18 @@ def _kl_rows(a: Array, b: Array, where: Array | None):
   sa = _empty_to_one(jnp.sum(ea, axis=-1), where)
   sb = _empty_to_one(jnp.sum(eb, axis=-1), where)
   t = jnp.sum(diff, axis=-1)
-  # E_p[da - db] - log(sa / sb): the ratio keeps the precision of a small KL.
   kl = t / sa - jnp.log(sa / sb)
   return kl, _lse(ma, sa), _lse(mb, sb)
+
+
+def _kl_exact(a: Array, b: Array, where: Array | None):
+  return _map_rows(_kl_rows, (a, b, where), a.shape[-1])
 
 
 @jax.custom_jvp
 def _kl_stats(p_logits: Array, q_logits: Array, where: Array | None):
   """``(KL, logsumexp(p_logits), logsumexp(q_logits))`` per row (masked by ``where``)."""
-  return _map_rows(_kl_rows, (p_logits, q_logits, where), p_logits.shape[-1])
+  return _fast_or_exact(_kl_fast, _kl_exact, (p_logits, q_logits), where)
 
 
 @functools.partial(_kl_stats.defjvp, symbolic_zeros=True)
@@ -235,28 +344,42 @@ def _kl_stats_jvp(primals, tangents):
   a, b, where = primals
   da, db, _ = tangents
   kl, lse_a, lse_b = _kl_stats(a, b, where)
-  p, log_p, _ = _log_prob(_mask(a, where), lse_a)
-  q, log_q, _ = _log_prob(_mask(b, where), lse_b)
+  p, q = _prob(a, lse_a, where), _prob(b, lse_b, where)
   # dKL = <q - p, dq> + <p (log p - log q - KL), dp>;  dlse_p = <p, dp>, dlse_q = <q, dq>.
   zero = jnp.zeros_like(kl)
-  dkl = _add(zero, _dot(q - p, db), _dot(p * (log_p - log_q - kl[..., None]), da))
+  dkl = _add(zero, _dot(q - p, db))
+  if not _is_zero(da):
+    _, log_p, _ = _log_prob(_mask(a, where), lse_a)
+    _, log_q, _ = _log_prob(_mask(b, where), lse_b)
+    dkl = _add(dkl, _dot(p * (log_p - log_q - kl[..., None]), da))
   return (kl, lse_a, lse_b), (dkl, _add(zero, _dot(p, da)), _add(zero, _dot(q, db)))
 
 
 def kl_from_logits(p_logits: Array, q_logits: Array, where: Array | None) -> Array:
-  r"""KL(softmax(p_logits) || softmax(q_logits)) over the last axis (fused, row-blocked).
+  r"""KL(softmax(p_logits) || softmax(q_logits)) over the last axis (fused).
 
   .. math:: \mathrm{KL} = \mathbb{E}_p[\tilde a - \tilde b] - \log(s_a / s_b)
 
-  with :math:`\tilde a = a - \max a`, :math:`s_a = \sum e^{\tilde a}` (same for ``b``):
-  two exps per element pair. ``-inf`` logits and excluded categories give probability 0
-  (``0 log(0/q) = 0``, ``p > 0 = q`` gives ``+inf``); a fully excluded row gives 0;
-  ``+inf`` or NaN logits give NaN.
+  with :math:`\tilde a = a - c_a`, :math:`s_a = \sum e^{\tilde a}` (same for ``b``) for
+  a per-row shift :math:`c`: three reductions, no N x V temporaries. ``-inf`` logits
+  and excluded categories give probability 0 (``0 log(0/q) = 0``, ``p > 0 = q`` gives
+  ``+inf``); a fully excluded row gives 0; ``+inf`` or NaN logits give NaN.
 
   Derivative rule (custom JVP, closed form):
   ``dKL = <softmax(q) - softmax(p), dq> + <p (log p - log q - KL), dp>``.
   """
   return _kl_stats(p_logits, q_logits, where)[0]
+
+
+# H(softmax(a), softmax(b)) -------------------------------------------------
+
+
+def _ce_fast(a: Array, b: Array):
+  ma, mb = _sample_max(a), _sample_max(b)
+  sa, sb = _exp_sum(a, ma), _exp_sum(b, mb)
+  ma2, mb2 = _fresh(ma, mb)
+  t = jnp.sum(jnp.exp(a - ma2[..., None]) * (b - mb2[..., None]), axis=-1)
+  return jnp.log(sb) - t / sa, ma + jnp.log(sa), mb + jnp.log(sb)
 
 
 def _ce_rows(a: Array, b: Array, where: Array | None):
@@ -273,10 +396,14 @@ def _ce_rows(a: Array, b: Array, where: Array | None):
   return ce, _lse(ma, sa), _lse(mb, sb)
 
 
+def _ce_exact(a: Array, b: Array, where: Array | None):
+  return _map_rows(_ce_rows, (a, b, where), a.shape[-1])
+
+
 @jax.custom_jvp
 def _ce_stats(p_logits: Array, q_logits: Array, where: Array | None):
   """``(H(p, q), logsumexp(p_logits), logsumexp(q_logits))`` per row."""
-  return _map_rows(_ce_rows, (p_logits, q_logits, where), p_logits.shape[-1])
+  return _fast_or_exact(_ce_fast, _ce_exact, (p_logits, q_logits), where)
 
 
 @functools.partial(_ce_stats.defjvp, symbolic_zeros=True)
@@ -284,16 +411,18 @@ def _ce_stats_jvp(primals, tangents):
   a, b, where = primals
   da, db, _ = tangents
   ce, lse_a, lse_b = _ce_stats(a, b, where)
-  p, _, _ = _log_prob(_mask(a, where), lse_a)
-  q, log_q, _ = _log_prob(_mask(b, where), lse_b)
+  p, q = _prob(a, lse_a, where), _prob(b, lse_b, where)
   # dH = <q - p, dq> - <p (log q + H), dp>.
   zero = jnp.zeros_like(ce)
-  dce = _add(zero, _dot(q - p, db), _dot(-p * (log_q + ce[..., None]), da))
+  dce = _add(zero, _dot(q - p, db))
+  if not _is_zero(da):
+    _, log_q, _ = _log_prob(_mask(b, where), lse_b)
+    dce = _add(dce, _dot(-p * (log_q + ce[..., None]), da))
   return (ce, lse_a, lse_b), (dce, _add(zero, _dot(p, da)), _add(zero, _dot(q, db)))
 
 
 def ce_from_logits(p_logits: Array, q_logits: Array, where: Array | None) -> Array:
-  r"""H(softmax(p_logits), softmax(q_logits)) over the last axis (fused, row-blocked).
+  r"""H(softmax(p_logits), softmax(q_logits)) over the last axis (fused).
 
   .. math:: H = \log s_b - \mathbb{E}_p[\tilde b]
 
@@ -303,115 +432,122 @@ def ce_from_logits(p_logits: Array, q_logits: Array, where: Array | None) -> Arr
   return _ce_stats(p_logits, q_logits, where)[0]
 
 
-def _softmax_rule_parts(rows, target: Array, b: Array, where: Array | None):
-  """``(loss, lse, q, safe log q)`` for the derivative rules of the one-exp kernels.
-
-  The rule computes the primal itself (not through the custom_jvp kernel) and forms
-  ``q = exp(b - max) / sum`` from the same exponentials as the log-normaliser, so a
-  value-and-gradient takes one exp per element, as autodiff of a log-softmax does;
-  going through the kernel and then ``exp(b - lse)`` would take two.
-  """
-  bm = _mask(b, where)
-  shifted, m = _shift(bm)
-  e = jnp.exp(shifted)
-  s = _empty_to_one(jnp.sum(e, axis=-1), where)
-  loss, lse, *extra = rows(target, bm, where, (m, e, s))
-  zero = bm == -jnp.inf
-  log_q = jnp.where(zero, jnp.zeros_like(bm), bm - lse[..., None])
-  return (loss, lse, e / s[..., None], log_q, *extra)
+# H(p, softmax(b)) and KL(p || softmax(b)) for probabilities p ------------------------
 
 
-def _soft_ce_rows(p: Array, b: Array, where: Array | None, parts=None):
-  if parts is None:
-    b = _mask(b, where)
-    m = jnp.max(b, axis=-1)
-    m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
-    # Not blocked: each reduction reads b itself (b - m is not shared, so XLA does not
-    # materialise it).
-    sb = _empty_to_one(jnp.sum(jnp.exp(b - m[..., None]), axis=-1), where)
-    lse = m + jnp.log(sb)
-  else:
-    m, _, sb = parts
-    lse = _lse(m, sb)
-  # p_i (lse - b_i) in one reduction: 0 where p_i = 0, +inf where p_i > 0 = q_i; NaN p
-  # (and the NaN of a +inf logit, through lse) propagates.
+def _fast_lse(b: Array) -> Array:
+  m = _sample_max(b)
+  return m + jnp.log(_exp_sum(b, m))
+
+
+def _soft_ce_fast(p: Array, b: Array):
+  lse = _fast_lse(b)
+  return jnp.sum(p * (lse[..., None] - b) + _sqrt_guard(p), axis=-1), lse
+
+
+def _soft_ce_exact(p: Array, b: Array, where: Array | None):
+  return _map_rows(_soft_ce_rows, (p, b, where), b.shape[-1])
+
+
+def _soft_ce_rows(p: Array, b: Array, where: Array | None):
+  p, b = nan_negative(p, where), _mask(b, where)
+  lse = _masked_lse(b, where)
+  # p_i (lse - b_i): 0 where p_i = 0, +inf where p_i > 0 = q_i; NaN p (and the NaN of a
+  # +inf logit, through lse) propagates.
   terms = jnp.where(b == -jnp.inf, jnp.where(p > 0, jnp.inf, p), p * (lse[..., None] - b))
   terms = jnp.where(p == 0, jnp.zeros_like(terms), terms)
-  if parts is None:
-    return jnp.sum(terms, axis=-1), lse
-  # The rule also needs sum(p). (A variadic lax.reduce would read p once for both sums,
-  # but it has no derivative rule, and the hessian differentiates this rule.)
-  return jnp.sum(terms, axis=-1), lse, jnp.sum(p, axis=-1)
+  return jnp.sum(terms, axis=-1), lse
 
 
 @jax.custom_jvp
 def _soft_ce_stats(p: Array, q_logits: Array, where: Array | None):
-  """``(H(p, q), logsumexp(q_logits))`` per row, ``p`` probabilities used as given."""
-  return _map_rows(_soft_ce_rows, (p, q_logits, where), q_logits.shape[-1], blocked=False)
+  """``(H(p, q), logsumexp(q_logits))`` per row, ``p`` probabilities as given."""
+  return _fast_or_exact(_soft_ce_fast, _soft_ce_exact, (p, q_logits), where)
+
+
+def _soft_rule_q(p: Array, b: Array, where: Array | None, lse: Array):
+  """``(q, q sum(p) - p)``: the softmax and the ``dq`` coefficient shared by CE and KL.
+
+  CE and KL with the same ``p`` call this with the same ``lse`` (computed by the same
+  expression), so minimising either takes bitwise-identical steps.
+  """
+  q = _prob(b, lse, where)
+  # Without a mask p is used raw: a negative entry already makes sum(p), so the row, NaN.
+  p_used = p if where is None else nan_negative(p, where)
+  return q, q * _total(p, where)[..., None] - p_used
 
 
 @functools.partial(_soft_ce_stats.defjvp, symbolic_zeros=True)
 def _soft_ce_stats_jvp(primals, tangents):
   p, b, where = primals
   dp, db, _ = tangents
-  ce, lse_b, q, log_q, total = _softmax_rule_parts(_soft_ce_rows, p, b, where)
+  ce, lse_b = _soft_ce_stats(p, b, where)
+  q, coef_q = _soft_rule_q(p, b, where, lse_b)
   # dH = <q sum(p) - p, dq> - <log q, dp>  (log q taken as 0 where q = 0).
   zero = jnp.zeros_like(ce)
-  coef_q = q * total[..., None] - p
-  dce = _add(zero, _dot(coef_q, db), _dot(-log_q, dp))
+  dce = _add(zero, _dot(coef_q, db))
+  if not _is_zero(dp):
+    dce = _add(dce, _dot(-_log_prob(_mask(b, where), lse_b)[1], dp))
   return (ce, lse_b), (dce, _add(zero, _dot(q, db)))
 
 
 def soft_ce_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array:
   r"""H(p, softmax(q_logits)) over the last axis for probabilities ``p`` used as given.
 
-  .. math:: H = \textstyle\sum_i p_i \cdot \log s_b - \sum_i p_i \tilde b_i
+  .. math:: H = \textstyle\sum_i p_i (\operatorname{lse}(z) - z_i)
 
-  One exp per element. Derivative rule (custom JVP, closed form):
+  ``p`` is taken raw: a negative entry gives NaN, excluded categories count as 0.
+  Derivative rule (custom JVP, closed form):
   ``dH = <q sum(p) - p, dq> - <log q, dp>`` (``log q`` taken as 0 where ``q = 0``).
   """
   return _soft_ce_stats(p, q_logits, where)[0]
 
 
-def _soft_kl_rows(p: Array, b: Array, where: Array | None, parts=None):
-  if parts is None:
-    b = _mask(b, where)
-    m = jnp.max(b, axis=-1)
-    m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
-    sb = _empty_to_one(jnp.sum(jnp.exp(b - m[..., None]), axis=-1), where)
-    lse = m + jnp.log(sb)
-  else:
-    m, _, sb = parts
-    lse = _lse(m, sb)
+def _soft_kl_fast(p: Array, b: Array):
+  lse = _fast_lse(b)
+  log_p = jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))  # p log p = 0 at p = 0
+  terms = p * (log_p - (b - lse[..., None])) + _sqrt_guard(p)
+  return jnp.sum(terms, axis=-1), lse
+
+
+def _soft_kl_exact(p: Array, b: Array, where: Array | None):
+  return _map_rows(_soft_kl_rows, (p, b, where), b.shape[-1])
+
+
+def _soft_kl_rows(p: Array, b: Array, where: Array | None):
+  p, b = nan_negative(p, where), _mask(b, where)
+  lse = _masked_lse(b, where)
   log_p, p_zero = safe_log(p)
   # p_i (log p_i - log q_i), formed per category (keeps a small KL's precision): 0 where
-  # p_i = 0, +inf where p_i > 0 = q_i; NaN p (and negative p, via log) propagates.
+  # p_i = 0, +inf where p_i > 0 = q_i; NaN p propagates.
   terms = p * (log_p - (b - lse[..., None]))
   terms = jnp.where(b == -jnp.inf, jnp.where(p_zero, p, jnp.inf + 0 * p), terms)
-  if parts is None:
-    return jnp.sum(terms, axis=-1), lse
-  return jnp.sum(terms, axis=-1), lse, jnp.sum(p, axis=-1)
+  return jnp.sum(terms, axis=-1), lse
 
 
 @jax.custom_jvp
 def _soft_kl_stats(p: Array, q_logits: Array, where: Array | None):
   """``(KL(p || softmax(q_logits)), logsumexp(q_logits))`` per row, ``p`` as given."""
-  return _map_rows(_soft_kl_rows, (p, q_logits, where), q_logits.shape[-1], blocked=False)
+  return _fast_or_exact(_soft_kl_fast, _soft_kl_exact, (p, q_logits), where)
 
 
 @functools.partial(_soft_kl_stats.defjvp, symbolic_zeros=True)
 def _soft_kl_stats_jvp(primals, tangents):
   p, b, where = primals
   dp, db, _ = tangents
-  kl, lse_b, q, log_q, total = _softmax_rule_parts(_soft_kl_rows, p, b, where)
-  log_p, p_zero = safe_log(p)
+  kl, lse_b = _soft_kl_stats(p, b, where)
+  q, coef_q = _soft_rule_q(p, b, where, lse_b)
   # dKL = <q sum(p) - p, dq> + <log p + 1 - log q, dp>: the q-part is *the same* rule
   # as soft_ce_from_logits (so CE and KL trajectories agree bitwise); the log p + 1
   # part is taken as 0 where p = 0 (its true value is -inf), as for the entropy.
   zero = jnp.zeros_like(kl)
-  coef_q = q * total[..., None] - p
-  coef_p = jnp.where(p_zero, jnp.zeros_like(p), log_p + 1) - log_q
-  return (kl, lse_b), (_add(zero, _dot(coef_q, db), _dot(coef_p, dp)), _add(zero, _dot(q, db)))
+  dkl = _add(zero, _dot(coef_q, db))
+  if not _is_zero(dp):
+    log_p, p_zero = safe_log(nan_negative(p, where))
+    log_q = _log_prob(_mask(b, where), lse_b)[1]
+    coef_p = jnp.where(p_zero, jnp.zeros_like(p), log_p + 1) - log_q
+    dkl = _add(dkl, _dot(coef_p, dp))
+  return (kl, lse_b), (dkl, _add(zero, _dot(q, db)))
 
 
 def soft_kl_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array:
@@ -419,44 +555,51 @@ def soft_kl_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array
 
   .. math:: \mathrm{KL} = \textstyle\sum_i p_i (\log p_i - z_i + \operatorname{lse}(z))
 
-  One exp per element. Derivative rule (custom JVP, closed form):
-  ``dKL = <q sum(p) - p, dq> + <log p + 1 - log q, dp>`` -- the ``dq`` part is the
-  rule of :func:`soft_ce_from_logits`, so minimising either gives identical steps.
+  ``p`` is taken raw, as in :func:`soft_ce_from_logits`. Derivative rule (custom JVP,
+  closed form): ``dKL = <q sum(p) - p, dq> + <log p + 1 - log q, dp>`` -- the ``dq``
+  part is the rule of :func:`soft_ce_from_logits`, so minimising either gives
+  identical steps.
   """
   return _soft_kl_stats(p, q_logits, where)[0]
 
 
-def _labels_rows(labels: Array, b: Array, where: Array | None, parts=None):
-  if parts is None:
-    b = _mask(b, where)
-    db, mb = _shift(b)
-    sb = _empty_to_one(jnp.sum(jnp.exp(db), axis=-1), where)
-  else:
-    mb, _, sb = parts
-  picked = jnp.take_along_axis(b, labels, axis=-1)[..., 0]
-  lse = _lse(mb, sb)
-  nll = jnp.where(picked == -jnp.inf, jnp.full_like(lse, jnp.inf), lse - picked)
-  return nll, lse
+# -log softmax(b)[label] ----------------------------------------------------
+
+
+def _pick(b: Array, labels: Array) -> Array:
+  return jnp.take_along_axis(b, labels[..., None], axis=-1)[..., 0]
+
+
+def _labels_fast(labels: Array, b: Array):
+  lse = _fast_lse(b)
+  return lse - _pick(b, labels), lse
+
+
+def _labels_exact(labels: Array, b: Array, where: Array | None):
+  b = _mask(b, where)
+  lse = _masked_lse(b, where)
+  picked = _pick(b, labels)
+  return jnp.where(picked == -jnp.inf, jnp.full_like(lse, jnp.inf), lse - picked), lse
 
 
 @jax.custom_jvp
 def _labels_stats(labels: Array, q_logits: Array, where: Array | None):
   """``(-log softmax(q_logits)[label], logsumexp(q_logits))`` per row."""
-  return _map_rows(
-    _labels_rows, (labels[..., None], q_logits, where), q_logits.shape[-1], blocked=False
-  )
+  return _fast_or_exact(_labels_fast, _labels_exact, (labels, q_logits), where)
 
 
 @functools.partial(_labels_stats.defjvp, symbolic_zeros=True)
 def _labels_stats_jvp(primals, tangents):
   labels, b, where = primals
   _, db, _ = tangents
-  nll, lse_b, q, _ = _softmax_rule_parts(_labels_rows, labels[..., None], b, where)
-  # d(-log q_y) = <q - onehot(y), dq>; the one-hot is formed elementwise (no scatter).
-  onehot = lax.broadcasted_iota(labels.dtype, b.shape, b.ndim - 1) == labels[..., None]
+  nll, lse_b = _labels_stats(labels, b, where)
+  q = _prob(b, lse_b, where)
+  # d(-log q_y) = <q, dq> - dq_y. Picking dq_y (not a dense one-hot, whose compare costs
+  # a third of the gradient pass) transposes to a scatter-add that XLA does in place.
   zero = jnp.zeros_like(nll)
-  dnll = _add(zero, _dot(q - onehot.astype(q.dtype), db))
-  return (nll, lse_b), (dnll, _add(zero, _dot(q, db)))
+  dq_q = _dot(q, db)
+  dnll = _add(zero, None if dq_q is None else dq_q - _pick(db, labels))
+  return (nll, lse_b), (dnll, _add(zero, dq_q))
 
 
 def labels_ce_from_logits(labels: Array, q_logits: Array, where: Array | None) -> Array:
@@ -466,7 +609,7 @@ def labels_ce_from_logits(labels: Array, q_logits: Array, where: Array | None) -
 
   ``labels`` must already be valid indices (the caller applies the ignore and
   out-of-range conventions); a label at a ``-inf`` logit or an excluded category gives
-  ``+inf``; ``+inf`` or NaN logits anywhere in the row give NaN. One exp per element.
+  ``+inf``; ``+inf`` or NaN logits anywhere in the row give NaN.
   Derivative rule (custom JVP, closed form): ``d(-log q_y) = <softmax(q) - onehot(y), dq>``.
   """
   return _labels_stats(labels, q_logits, where)[0]

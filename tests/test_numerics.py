@@ -4,6 +4,7 @@ The fused logits kernels (kl_from_logits, ce_from_logits, soft_ce_from_logits) a
 through the public API in test_kl.py (values, identities and the closed-form gradients).
 """
 
+import functools
 import math
 
 import jax
@@ -216,3 +217,148 @@ def test_log_softmax_derivatives_finite_at_minus_inf_and_masked_rows():
     return jnp.sum(p * jnp.where(p == 0, 0.0, log_p)) + jnp.sum(p**2)
 
   assert _all_finite(_derivatives(f, z))
+
+
+# ---------------------------------------------------------------------------
+# The fused logits kernels: fast path and exact path
+#
+# Without a mask each kernel first evaluates a where-free formula shifted by a sampled
+# maximum and keeps it where every result is finite; otherwise (and always with a mask)
+# it takes the exact path. A mask of all True selects the exact path for the same
+# values, which makes it an oracle for the fast one.
+# ---------------------------------------------------------------------------
+
+_KERNELS = {
+  # name: (fast, exact, public call taking (target, logits, where))
+  "kl": (
+    _numerics._kl_fast,
+    _numerics._kl_exact,
+    lambda t, z, w: _numerics.kl_from_logits(t, z, w),
+  ),
+  "ce": (
+    _numerics._ce_fast,
+    _numerics._ce_exact,
+    lambda t, z, w: _numerics.ce_from_logits(t, z, w),
+  ),
+  "soft_ce": (
+    _numerics._soft_ce_fast,
+    _numerics._soft_ce_exact,
+    lambda t, z, w: _numerics.soft_ce_from_logits(t, z, w),
+  ),
+  "soft_kl": (
+    _numerics._soft_kl_fast,
+    _numerics._soft_kl_exact,
+    lambda t, z, w: _numerics.soft_kl_from_logits(t, z, w),
+  ),
+  "labels": (
+    _numerics._labels_fast,
+    _numerics._labels_exact,
+    lambda t, z, w: _numerics.labels_ce_from_logits(t, z, w),
+  ),
+}
+
+
+def _kernel_inputs(name, shape, dtype, seed=0, scale=3.0):
+  rng = np.random.default_rng(seed)
+  z = jnp.asarray(scale * rng.standard_normal(shape), dtype)
+  if name in ("kl", "ce"):
+    target = jnp.asarray(scale * rng.standard_normal(shape), dtype)
+  elif name == "labels":
+    target = jnp.asarray(rng.integers(0, shape[-1], shape[:-1]))
+  else:
+    target = jnp.asarray(scipy.special.softmax(scale * rng.standard_normal(shape), -1), dtype)
+  return target, z
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_kernel_takes_the_fast_path_on_finite_inputs_and_it_agrees_with_the_exact_one(name, dtype):
+  fast, exact, _ = _KERNELS[name]
+  target, z = _kernel_inputs(name, (6, 1000), dtype)
+  stats = {"kl": "_kl_stats", "ce": "_ce_stats", "soft_ce": "_soft_ce_stats"}
+  stats.update(soft_kl="_soft_kl_stats", labels="_labels_stats")
+  chosen = jax.jit(lambda t, z: getattr(_numerics, stats[name])(t, z, None))(target, z)
+  from_fast = jax.jit(fast)(target, z)
+  from_exact = jax.jit(lambda t, z: exact(t, z, None))(target, z)
+  for c, f, e in zip(chosen, from_fast, from_exact, strict=True):
+    np.testing.assert_array_equal(c, f)  # the fast path was taken
+    rtol = 2e-6 if dtype == jnp.float32 else 1e-13
+    np.testing.assert_allclose(f, e, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_fast_and_exact_paths_give_the_same_values_and_gradients(name):
+  # where=all-True forces the exact path for the same function.
+  _, _, call = _KERNELS[name]
+  target, z = _kernel_inputs(name, (5, 300), jnp.float64, seed=1)
+  everywhere = jnp.ones(z.shape, bool)
+
+  def loss(t, z, w):
+    return jnp.sum(call(t, z, w) * jnp.arange(1.0, 6.0))
+
+  argnums = (1,) if name == "labels" else (0, 1)
+  for d in (jax.value_and_grad, jax.jacfwd):
+    got = jax.jit(lambda t, z, d=d: d(loss, argnums)(t, z, None))(target, z)
+    want = jax.jit(lambda t, z, d=d: d(loss, argnums)(t, z, everywhere))(target, z)
+    chex_close = functools.partial(np.testing.assert_allclose, rtol=1e-12, atol=1e-12)
+    jax.tree_util.tree_map(chex_close, got, want)
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_logits_spanning_more_than_exp_range_above_the_sample_fall_back_to_exact(name):
+  # One logit 200 above the rest at a position the sample skips: exp overflows on the
+  # fast path (float32), so the kernel must give the exact path's finite value.
+  fast, exact, call = _KERNELS[name]
+  target, z = _kernel_inputs(name, (3, 4096), jnp.float32, seed=2, scale=1.0)
+  z = z.at[:, 4096 // _numerics._SAMPLES + 1].add(200.0)
+  if name in ("kl", "ce"):
+    target = target.at[:, 7].add(150.0)
+  assert not all(bool(jnp.all(jnp.isfinite(o))) for o in jax.jit(fast)(target, z))
+  got = jax.jit(lambda t, z: call(t, z, None))(target, z)
+  want = jax.jit(lambda t, z: exact(t, z, None)[0])(target, z)
+  assert bool(jnp.all(jnp.isfinite(got)))
+  np.testing.assert_array_equal(got, want)
+  t64 = target if name == "labels" else jnp.asarray(target, jnp.float64)
+  oracle = call(t64, jnp.asarray(z, jnp.float64), None)
+  np.testing.assert_allclose(got, oracle, rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["soft_ce", "soft_kl"])
+def test_a_negative_probability_is_nan_on_the_fast_path_value_and_gradient(name):
+  fast, _, call = _KERNELS[name]
+  target, z = _kernel_inputs(name, (3, 50), jnp.float32, seed=3)
+  target = target.at[1, 4].set(-1e-3)
+  assert bool(jnp.isnan(jax.jit(fast)(target, z)[0][1]))
+  value, grad = jax.jit(jax.value_and_grad(lambda z: jnp.sum(call(target, z, None)[1])))(z)
+  assert bool(jnp.isnan(value)) and bool(jnp.all(jnp.isnan(grad[1])))
+  assert bool(jnp.all(jnp.isfinite(call(target, z, None)[jnp.array([0, 2])])))
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_kernels_under_vmap_equal_the_batched_call(name):
+  _, _, call = _KERNELS[name]
+  target, z = _kernel_inputs(name, (4, 3, 40), jnp.float32, seed=4)
+  z = z.at[2, 1, 5].set(-INF)  # one vmapped slice needs the exact path
+  batched = jax.jit(lambda t, z: call(t, z, None))(target, z)
+  mapped = jax.jit(jax.vmap(lambda t, z: call(t, z, None)))(target, z)
+  np.testing.assert_array_equal(batched, mapped)
+
+
+def _temp_bytes(f, *args):
+  return jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_kernels_keep_no_n_by_v_temporaries(name):
+  # Forward: O(rows) temporaries plus, on the exact path, a few cache-sized blocks of rows
+  # (the block of each input and its exponentials).
+  # Value-and-gradient in the logits: the gradient itself is the output; temporaries stay
+  # that same block-sized bound, far below one N x V array (the issue's bound: 1.1 N V 4).
+  _, _, call = _KERNELS[name]
+  n, v = 512, 8192
+  target, z = _kernel_inputs(name, (n, v), jnp.float32, seed=5)
+  array_bytes = n * v * 4
+  fwd = _temp_bytes(lambda t, z: call(t, z, None), target, z)
+  vg = _temp_bytes(jax.value_and_grad(lambda z, t: jnp.sum(call(t, z, None))), z, target)
+  assert fwd <= 4 * _numerics._BLOCK_BYTES < array_bytes / 2
+  assert vg <= 4 * _numerics._BLOCK_BYTES
