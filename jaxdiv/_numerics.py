@@ -606,12 +606,35 @@ def _labels_stats(labels: Array, q_logits: Array, where: Array | None):
   return _fast_or_exact(_labels_fast, _labels_exact, (labels, q_logits), where)
 
 
+def _softmax_shared(b: Array):
+  """``(lse, softmax)`` from one exponential per element, for the derivative rules.
+
+  ``e = exp(b - max)`` feeds both the sum and ``q = e / sum``, so XLA writes it once into
+  an N x V buffer that the gradient then reuses in place (as a log-softmax's autodiff
+  does). Shifted by the exact maximum, this is exact at every edge without a mask: a
+  ``-inf`` logit gives ``q = 0``, a row of only ``-inf`` gives ``lse = -inf`` and
+  ``q = 0``, ``+inf`` or NaN give NaN. The shift carries no derivative (``lse`` does
+  not depend on it), so higher derivatives never see the maximum's kink.
+  """
+  m = _seal(lax.stop_gradient(jnp.max(b, axis=-1)))
+  m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
+  e = jnp.exp(b - m[..., None])
+  s = _seal(jnp.sum(e, axis=-1))
+  inv = jnp.where(s == 0, jnp.zeros_like(s), 1 / s)
+  return m + jnp.log(s), e * inv[..., None]
+
+
 @functools.partial(_labels_stats.defjvp, symbolic_zeros=True)
 def _labels_stats_jvp(primals, tangents):
   labels, b, where = primals
   _, db, _ = tangents
-  nll, lse_b = _labels_stats(labels, b, where)
-  q = _prob(b, lse_b, where)
+  if where is None:
+    lse_b, q = _softmax_shared(b)
+    picked = _pick(b, labels)
+    nll = jnp.where(picked == -jnp.inf, jnp.full_like(lse_b, jnp.inf), lse_b - picked)
+  else:
+    nll, lse_b = _labels_stats(labels, b, where)
+    q = _prob(b, lse_b, where)
   # d(-log q_y) = <q, dq> - dq_y. Picking dq_y (not a dense one-hot, whose compare costs
   # a third of the gradient pass) transposes to a scatter-add that XLA does in place.
   zero = jnp.zeros_like(nll)
