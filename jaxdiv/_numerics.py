@@ -616,12 +616,14 @@ def _softmax_shared(b: Array):
   ``q = 0``, ``+inf`` or NaN give NaN. The shift carries no derivative (``lse`` does
   not depend on it), so higher derivatives never see the maximum's kink.
   """
-  m = _seal(lax.stop_gradient(jnp.max(b, axis=-1)))
+  m = lax.stop_gradient(jnp.max(b, axis=-1))
   m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
   e = jnp.exp(b - m[..., None])
-  s = _seal(jnp.sum(e, axis=-1))
-  inv = jnp.where(s == 0, jnp.zeros_like(s), 1 / s)
-  return m + jnp.log(s), e * inv[..., None]
+  s = jnp.sum(e, axis=-1)
+  # 1 / max(s, tiny): s >= 1 on every row but one of only -inf logits, where e = 0 and
+  # so q = 0 (arithmetic, not a select: XLA evaluates a fused per-row expression at
+  # every element of the N x V gradient).
+  return m + jnp.log(s), e * (1 / jnp.maximum(s, jnp.finfo(s.dtype).tiny))[..., None]
 
 
 @functools.partial(_labels_stats.defjvp, symbolic_zeros=True)

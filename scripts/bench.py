@@ -2,8 +2,9 @@ r"""Benchmark jaxdiv's logits kernels against optax and a plain ``jax.nn.log_sof
 
 Every case is timed for the three implementations interleaved in one process (so that
 machine load affects them alike): each jitted function is warmed up, then run ``repeats``
-times in round-robin order, and the median wall time (``block_until_ready``) is reported,
-with the ratios to jaxdiv and the compiled temporary memory
+times in round-robin order (rotated each repeat), and the median wall time
+(``block_until_ready``) is reported, with the ratios to jaxdiv and the compiled temporary
+memory
 (``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
 
 Cases: KL from two logit arrays (``kl``), cross-entropy with soft targets (``ce_soft``:
@@ -126,15 +127,20 @@ def _block(x):
 
 
 def _time_interleaved(fns: dict, args, repeats: int, warmup: int = 2) -> dict:
-  """Median milliseconds per function, the functions run in round-robin order."""
+  """Median milliseconds per function, the functions run in rotating round-robin order.
+
+  The order rotates with each repeat, so that no function always runs right after the
+  same neighbour (one that frees hundreds of MiB leaves the next to fault fresh pages).
+  """
   for f in fns.values():
     for _ in range(warmup):
       _block(f(*args))
+  names = list(fns)
   times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, f in fns.items():
+  for r in range(repeats):
+    for k in names[r % len(names) :] + names[: r % len(names)]:
       t0 = time.perf_counter()
-      _block(f(*args))
+      _block(fns[k](*args))
       times[k].append(time.perf_counter() - t0)
   return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
