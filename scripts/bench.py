@@ -4,8 +4,7 @@ Every case is timed for the three implementations interleaved in one process (so
 machine load affects them alike): each jitted function is warmed up, then run ``repeats``
 times in round-robin order (rotated each repeat), and the median wall time
 (``block_until_ready``) is reported, with the ratios to jaxdiv and the compiled temporary
-memory
-(``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
+memory (``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
 
 Cases: KL from two logit arrays (``kl``), cross-entropy with soft targets (``ce_soft``:
 target probabilities, model logits) and with integer labels (``ce_labels``), each forward
