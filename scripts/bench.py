@@ -2,9 +2,10 @@ r"""Benchmark jaxdiv's logits kernels against optax and a plain ``jax.nn.log_sof
 
 Every case is timed for the three implementations interleaved in one process (so that
 machine load affects them alike): each jitted function is warmed up, then run ``repeats``
-times in round-robin order (rotated each repeat), and the median wall time
-(``block_until_ready``) is reported, with the ratios to jaxdiv and the compiled temporary
-memory (``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
+times in round-robin order (rotated each repeat; each slot calls twice and times the
+second call), and the median wall time (``block_until_ready``) is reported, with the
+ratios to jaxdiv and the compiled temporary memory
+(``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
 
 Cases: KL from two logit arrays (``kl``), cross-entropy with soft targets (``ce_soft``:
 target probabilities, model logits) and with integer labels (``ce_labels``), each forward
@@ -128,8 +129,11 @@ def _block(x):
 def _time_interleaved(fns: dict, args, repeats: int, warmup: int = 2) -> dict:
   """Median milliseconds per function, the functions run in rotating round-robin order.
 
-  The order rotates with each repeat, so that no function always runs right after the
-  same neighbour (one that frees hundreds of MiB leaves the next to fault fresh pages).
+  Each slot of the round robin calls its function twice and times the second call: the
+  function then runs on the allocator state it leaves itself, as a training step does,
+  not on whatever its neighbour freed (a neighbour that frees hundreds of MiB made the
+  next call up to 10 % slower or faster depending on their sizes). The order rotates
+  with each repeat.
   """
   for f in fns.values():
     for _ in range(warmup):
@@ -138,6 +142,7 @@ def _time_interleaved(fns: dict, args, repeats: int, warmup: int = 2) -> dict:
   times = {k: [] for k in fns}
   for r in range(repeats):
     for k in names[r % len(names) :] + names[: r % len(names)]:
+      _block(fns[k](*args))
       t0 = time.perf_counter()
       _block(fns[k](*args))
       times[k].append(time.perf_counter() - t0)
