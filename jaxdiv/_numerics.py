@@ -126,7 +126,7 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 #   the fast path has no ``where`` in any reduction: each loss is a where-free formula
 #   that is *finite exactly when it is valid* -- a ``-inf`` logit against a zero
 #   probability (0 * inf), a NaN, a ``+inf`` or a negative probability (through
-#   ``0 * sqrt(p)``, which is 0 for p >= 0 and NaN otherwise) all make it non-finite.
+#   ``sqrt(p) - sqrt(p)``, 0 for p >= 0 and NaN otherwise) all make it non-finite.
 #   The rows are shifted by the maximum of at most ``_SAMPLES`` evenly spaced logits, not
 #   by the exact maximum: it costs no pass over the data, keeps every exponential
 #   ``<= e^(max - shift)`` and the sum ``>= 1``; a row whose logits span more than about
@@ -140,35 +140,37 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 # Two sums over the same exponentials (``sum e^a`` and ``sum e^a (a - b)``) are kept
 # separate reductions that each recompute ``e^a``: behind an optimisation barrier on the
 # per-row shift, XLA cannot merge them into one materialised N x V array, which on CPU
-# costs more (a page-faulted buffer) than the extra exponential.
+# costs more (a page-faulted buffer) than the extra exponential. Every per-row result
+# passes through ``_seal`` so that XLA keeps each reduction its own kernel.
 #
 # Derivatives: custom_jvp (not custom_vjp) so that forward mode, jacfwd and hessian keep
 # working. Each rule calls the kernel itself (a custom_jvp too, so higher orders
 # recurse) for the per-row statistics and then forms the tangent as an elementwise
 # expression in the inputs and those statistics, linear in the tangents; JAX transposes
 # it for reverse mode, and XLA fuses the recomputation (softmax(q) - softmax(p)) into the
-# gradient, so a value-and-gradient keeps O(rows) residuals and no N x V temporaries.
-# Tangents of inputs that are not differentiated arrive as symbolic zeros and cost
-# nothing.
+# gradient, so a value-and-gradient keeps O(rows) residuals and no N x V temporaries
+# besides the gradient. The labels rule (unmasked) instead forms ``exp(z - max)`` once
+# for both its sum and softmax (``_softmax_shared``), which XLA writes into the
+# gradient's own buffer. Tangents of inputs that are not differentiated arrive as
+# symbolic zeros and cost nothing.
 # ---------------------------------------------------------------------------
 
 _BLOCK_BYTES = 1 << 20  # exact path: per input and block of rows, the passes stay in cache
 _SAMPLES = 64  # fast path: logits per row whose maximum is the shift
 
 
-def _map_rows(body, arrays, num_categories: int, blocked: bool = True):
+def _map_rows(body, arrays, num_categories: int):
   """``body`` over blocks of rows of ``[..., V]`` arrays (``None`` entries passed through).
 
   ``body`` takes arrays with the categories last and any leading shape, and returns a
   tuple of per-row arrays (the category axis reduced). Batch dimensions are flattened
-  to rows, processed in cache-sized blocks (all at once with ``blocked=False``), and
-  restored.
+  to rows, processed in cache-sized blocks, and restored.
   """
   batch = next(x.shape[:-1] for x in arrays if x is not None)
   rows = math.prod(batch)
   flat = tuple(None if x is None else x.reshape((rows, x.shape[-1])) for x in arrays)
   block = max(1, _BLOCK_BYTES // (4 * max(num_categories, 1)))
-  if not blocked or rows <= block:
+  if rows <= block:
     out = body(*flat)
   else:
     out = lax.map(lambda xs: body(*xs), flat, batch_size=block)
@@ -218,9 +220,9 @@ def _exp_sum(x: Array, shift: Array) -> Array:
 
 
 def _fresh(*xs):
-  """The same values as new HLO values, so XLA recomputes what depends on them.
+  """The same values as new HLO values, which XLA's CSE keeps apart from the originals.
 
-  (An ``optimization_barrier`` on small per-row arrays; see the section comment.)
+  What is computed from them is recomputed, not shared (see the section comment).
   """
   return lax.optimization_barrier(xs)
 
