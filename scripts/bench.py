@@ -307,7 +307,7 @@ def table(results: dict) -> str:
     f"{'loss':<10}{'mode':<4}{'shape':>12} {'dtype':<9}"
     + "".join(f"{k + ' ms':>9}" for k in IMPLS)
     + f"{'/optax':>9}{'/jax':>8}"
-    + "".join(f"{k[:5] + ' MiB':>9}" for k in IMPLS)
+    + "".join(f"{k[:4] + ' MiB':>9}" for k in IMPLS)
   )
   lines = [head, "-" * len(head)] + [_row(c) for c in results["cases"]]
   lines += ["", "floors (KL forward vs exp over both arrays and a jitted identity):"]
