@@ -134,8 +134,8 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 # * The exact path, taken when any fast result is non-finite (and always with a mask):
 #   the edge conventions spelled out with ``where`` (``0 log 0 = 0``, ``p > 0 = q`` gives
 #   ``+inf``, ``+inf`` logits give NaN, fully masked rows give 0), shifted by the exact
-#   maximum. Its two-input kernels run over blocks of rows (``lax.map``) so that the
-#   passes of one block stay in cache.
+#   maximum. Where it reads two N x V inputs it runs over blocks of rows (``lax.map``),
+#   so that the passes of one block stay in cache and no N x V temporary is kept.
 #
 # Two sums over the same exponentials (``sum e^a`` and ``sum e^a (a - b)``) are kept
 # separate reductions that each recompute ``e^a``: behind an optimisation barrier on the
