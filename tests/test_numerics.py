@@ -228,33 +228,17 @@ def test_log_softmax_derivatives_finite_at_minus_inf_and_masked_rows():
 # values, which makes it an oracle for the fast one.
 # ---------------------------------------------------------------------------
 
+_PUBLIC = {
+  "kl": _numerics.kl_from_logits,
+  "ce": _numerics.ce_from_logits,
+  "soft_ce": _numerics.soft_ce_from_logits,
+  "soft_kl": _numerics.soft_kl_from_logits,
+  "labels": _numerics.labels_ce_from_logits,
+}
+# name: (fast path, exact path, the kernel taking (target, logits, where))
 _KERNELS = {
-  # name: (fast, exact, public call taking (target, logits, where))
-  "kl": (
-    _numerics._kl_fast,
-    _numerics._kl_exact,
-    lambda t, z, w: _numerics.kl_from_logits(t, z, w),
-  ),
-  "ce": (
-    _numerics._ce_fast,
-    _numerics._ce_exact,
-    lambda t, z, w: _numerics.ce_from_logits(t, z, w),
-  ),
-  "soft_ce": (
-    _numerics._soft_ce_fast,
-    _numerics._soft_ce_exact,
-    lambda t, z, w: _numerics.soft_ce_from_logits(t, z, w),
-  ),
-  "soft_kl": (
-    _numerics._soft_kl_fast,
-    _numerics._soft_kl_exact,
-    lambda t, z, w: _numerics.soft_kl_from_logits(t, z, w),
-  ),
-  "labels": (
-    _numerics._labels_fast,
-    _numerics._labels_exact,
-    lambda t, z, w: _numerics.labels_ce_from_logits(t, z, w),
-  ),
+  name: (getattr(_numerics, f"_{name}_fast"), getattr(_numerics, f"_{name}_exact"), call)
+  for name, call in _PUBLIC.items()
 }
 
 
@@ -275,9 +259,8 @@ def _kernel_inputs(name, shape, dtype, seed=0, scale=3.0):
 def test_kernel_takes_the_fast_path_on_finite_inputs_and_it_agrees_with_the_exact_one(name, dtype):
   fast, exact, _ = _KERNELS[name]
   target, z = _kernel_inputs(name, (6, 1000), dtype)
-  stats = {"kl": "_kl_stats", "ce": "_ce_stats", "soft_ce": "_soft_ce_stats"}
-  stats.update(soft_kl="_soft_kl_stats", labels="_labels_stats")
-  chosen = jax.jit(lambda t, z: getattr(_numerics, stats[name])(t, z, None))(target, z)
+  stats = getattr(_numerics, f"_{name}_stats")
+  chosen = jax.jit(lambda t, z: stats(t, z, None))(target, z)
   from_fast = jax.jit(fast)(target, z)
   from_exact = jax.jit(lambda t, z: exact(t, z, None))(target, z)
   for c, f, e in zip(chosen, from_fast, from_exact, strict=True):
