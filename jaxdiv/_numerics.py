@@ -157,6 +157,7 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 
 _BLOCK_BYTES = 1 << 20  # exact path: per input and block of rows, the passes stay in cache
 _SAMPLES = 64  # fast path: logits per row whose maximum is the shift
+_FAST_MIN_SIZE = 4096  # elements of the logits below which only the exact path is built
 
 
 def _map_rows(body, arrays, num_categories: int):
@@ -181,10 +182,13 @@ def _fast_or_exact(fast, exact, arrays: tuple, where: Array | None):
   """``fast(*arrays)`` where all its results are finite, else ``exact(*arrays, where)``.
 
   The choice is one ``lax.cond`` over the whole batch (under ``vmap`` it becomes a
-  select and both paths run; the result is the same). With a mask, or no categories,
-  only the exact path is built.
+  select and both paths run; the result is the same). With a mask, with no categories,
+  or below ``_FAST_MIN_SIZE`` elements, only the exact path is built: at that size the
+  time is XLA's per-kernel dispatch, and the conditional alone costs more than the
+  whole exact path.
   """
-  if where is not None or arrays[-1].shape[-1] == 0:
+  size = arrays[-1].size
+  if where is not None or arrays[-1].shape[-1] == 0 or size < _FAST_MIN_SIZE:
     return exact(*arrays, where)
   out = fast(*arrays)
   ok = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(o)) for o in out])

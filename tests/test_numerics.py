@@ -309,7 +309,7 @@ def test_logits_spanning_more_than_exp_range_above_the_sample_fall_back_to_exact
 @pytest.mark.parametrize("name", ["soft_ce", "soft_kl"])
 def test_a_negative_probability_is_nan_on_the_fast_path_value_and_gradient(name):
   fast, _, call = _KERNELS[name]
-  target, z = _kernel_inputs(name, (3, 50), jnp.float32, seed=3)
+  target, z = _kernel_inputs(name, (3, 2000), jnp.float32, seed=3)
   target = target.at[1, 4].set(-1e-3)
   assert bool(jnp.isnan(jax.jit(fast)(target, z)[0][1]))
   value, grad = jax.jit(jax.value_and_grad(lambda z: jnp.sum(call(target, z, None)[1])))(z)
@@ -320,11 +320,62 @@ def test_a_negative_probability_is_nan_on_the_fast_path_value_and_gradient(name)
 @pytest.mark.parametrize("name", sorted(_KERNELS))
 def test_kernels_under_vmap_equal_the_batched_call(name):
   _, _, call = _KERNELS[name]
-  target, z = _kernel_inputs(name, (4, 3, 40), jnp.float32, seed=4)
+  # Slices of 3 x 2000 are above _FAST_MIN_SIZE, so vmap runs the fast path per slice.
+  target, z = _kernel_inputs(name, (4, 3, 2000), jnp.float32, seed=4)
   z = z.at[2, 1, 5].set(-INF)  # one vmapped slice needs the exact path
   batched = jax.jit(lambda t, z: call(t, z, None))(target, z)
   mapped = jax.jit(jax.vmap(lambda t, z: call(t, z, None)))(target, z)
-  np.testing.assert_array_equal(batched, mapped)
+  # The batched call takes the exact path (one -inf), the valid slices the fast one.
+  np.testing.assert_allclose(batched, mapped, rtol=1e-6)
+
+
+def _edge_rows(name, v=8):
+  """Rows that each hit one edge: -inf logits (alone, against a zero probability, a
+  whole row), +inf, NaN, logits of +-1e4 and +-1e30, zero and negative probabilities."""
+  rng = np.random.default_rng(6)
+  z = rng.standard_normal((10, v))
+  z[0, 1] = -INF
+  z[1, :] = -INF
+  z[2, 3] = INF
+  z[3, 2] = np.nan
+  z[4] = [1e4, -1e4, 0, 3, -2e3, 1, 2, 5]
+  z[5] = [1e30, -1e30, 0, 1e29, -5, 1, 2, 3]
+  z[6, 0] = -INF  # against target 0 (soft) or the label (labels)
+  if name in ("kl", "ce"):
+    t = rng.standard_normal((10, v))
+    t[6, 0] = 2.0
+    t[7, 4] = -INF  # p = 0 where q > 0: valid
+    t[8, 5], z[8, 5] = -INF, -INF  # both zero: valid
+  elif name == "labels":
+    t = np.array([0, 1, 2, 3, 4, 5, 0, 7, 6, 2])
+  else:
+    t = scipy.special.softmax(rng.standard_normal((10, v)), -1)
+    t[6, 0] = 0.3
+    t[7, :] = 0
+    t[7, 2] = 1.0  # one-hot: zeros against finite logits, valid
+    t[8, 5] = -0.1  # negative probability
+    t[9, 1], z[9, 1] = 0.0, -INF  # zero probability at a -inf logit: valid, exact path
+  return jnp.asarray(t), jnp.asarray(z)
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_fast_formula_is_finite_only_where_it_equals_the_exact_one(name, dtype):
+  # The fast path is kept only where all its results are finite, so at every edge it
+  # must either be non-finite or already right: never a finite wrong number.
+  fast, exact, _ = _KERNELS[name]
+  t, z = _edge_rows(name)
+  z = z.astype(dtype)
+  t = t if name == "labels" else t.astype(dtype)
+  from_fast = jax.jit(fast)(t, z)
+  from_exact = jax.jit(lambda t, z: exact(t, z, None))(t, z)
+  finite = np.ones(z.shape[0], bool)
+  for f in from_fast:
+    finite &= np.isfinite(np.asarray(f))
+  assert not finite[[0, 1, 2, 3, 6]].any() if name != "labels" else not finite[[1, 2, 3]].any()
+  for f, e in zip(from_fast, from_exact, strict=True):
+    f, e = np.asarray(f)[finite], np.asarray(e)[finite]
+    np.testing.assert_allclose(f, e, rtol=1e-5 if dtype == jnp.float32 else 1e-12, atol=1e-6)
 
 
 def _temp_bytes(f, *args):
