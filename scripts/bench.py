@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -47,6 +48,8 @@ import numpy as np
 import jaxdiv
 
 IMPLS = ("jaxdiv", "optax", "jax")
+_SMALL = 1 << 16  # elements: below this, a call is dispatch-bound ...
+_SMALL_REPEATS = 1000  # ... and is timed this many times at least
 
 
 # ---------------------------------------------------------------------------
@@ -256,11 +259,14 @@ def run(
   repeats = repeats or (3 if quick else 7)
   cases, floors, errors = [], [], []
   for shape, dtype in _shapes(quick):
+    # Calls of tens of microseconds vary by a third from one to the next on a shared
+    # machine: small shapes get enough repeats for a stable median (not in --quick).
+    n = repeats if quick or math.prod(shape) > _SMALL else max(repeats, _SMALL_REPEATS)
     for loss in LOSSES:
       for mode in ("fwd", "vg"):
-        cases.append(_bench_case(loss, mode, shape, dtype, repeats, seed))
+        cases.append(_bench_case(loss, mode, shape, dtype, n, seed))
         print(_row(cases[-1]), flush=True)
-    floors.append(_floors(shape, dtype, repeats, seed))
+    floors.append(_floors(shape, dtype, n, seed))
     if dtype == "float32":
       for loss in LOSSES:
         errors.append(
