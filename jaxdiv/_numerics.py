@@ -327,12 +327,22 @@ def _total(p: Array, where: Array | None) -> Array:
 # KL(softmax(a) || softmax(b)) ----------------------------------------------
 
 
-def _kl_fast(a: Array, b: Array):
+def _fast_pair(a: Array, b: Array):
+  """Fast path of the two-logit kernels: ``(ma, mb, sa, sb, da, db)``.
+
+  The shifts ``ma, mb``, the sums ``sa = sum e^(a - ma)`` (likewise ``sb``) and the
+  shifted logits ``da, db`` for the third reduction, built on fresh shifts so that its
+  ``e^da`` is recomputed rather than shared with ``sa``.
+  """
   ma, mb = _sample_max(a), _sample_max(b)
   sa, sb = _exp_sum(a, ma), _exp_sum(b, mb)
   ma2, mb2 = _fresh(ma, mb)
-  da = a - ma2[..., None]
-  t = _seal(jnp.sum(jnp.exp(da) * (da - (b - mb2[..., None])), axis=-1))
+  return ma, mb, sa, sb, a - ma2[..., None], b - mb2[..., None]
+
+
+def _kl_fast(a: Array, b: Array):
+  ma, mb, sa, sb, da, db = _fast_pair(a, b)
+  t = _seal(jnp.sum(jnp.exp(da) * (da - db), axis=-1))
   # E_p[da - db] - log(sa / sb): the ratio keeps the precision of a small KL.
   return t / sa - jnp.log(sa / sb), ma + jnp.log(sa), mb + jnp.log(sb)
 
@@ -399,10 +409,8 @@ def kl_from_logits(p_logits: Array, q_logits: Array, where: Array | None) -> Arr
 
 
 def _ce_fast(a: Array, b: Array):
-  ma, mb = _sample_max(a), _sample_max(b)
-  sa, sb = _exp_sum(a, ma), _exp_sum(b, mb)
-  ma2, mb2 = _fresh(ma, mb)
-  t = _seal(jnp.sum(jnp.exp(a - ma2[..., None]) * (b - mb2[..., None]), axis=-1))
+  ma, mb, sa, sb, da, db = _fast_pair(a, b)
+  t = _seal(jnp.sum(jnp.exp(da) * db, axis=-1))
   return jnp.log(sb) - t / sa, ma + jnp.log(sa), mb + jnp.log(sb)
 
 
@@ -594,6 +602,11 @@ def _pick(b: Array, labels: Array) -> Array:
   return jnp.take_along_axis(b, labels[..., None], axis=-1)[..., 0]
 
 
+def _nll(lse: Array, picked: Array) -> Array:
+  """``lse - picked``, ``+inf`` where the picked logit is ``-inf`` (also in a -inf row)."""
+  return jnp.where(picked == -jnp.inf, jnp.full_like(lse, jnp.inf), lse - picked)
+
+
 def _labels_fast(labels: Array, b: Array):
   lse = _fast_lse(b)
   return lse - _pick(b, labels), lse
@@ -602,8 +615,7 @@ def _labels_fast(labels: Array, b: Array):
 def _labels_exact(labels: Array, b: Array, where: Array | None):
   b = _mask(b, where)
   lse = _masked_lse(b, where)
-  picked = _pick(b, labels)
-  return jnp.where(picked == -jnp.inf, jnp.full_like(lse, jnp.inf), lse - picked), lse
+  return _nll(lse, _pick(b, labels)), lse
 
 
 @jax.custom_jvp
@@ -638,8 +650,7 @@ def _labels_stats_jvp(primals, tangents):
   _, db, _ = tangents
   if where is None:
     lse_b, q = _softmax_shared(b)
-    picked = _pick(b, labels)
-    nll = jnp.where(picked == -jnp.inf, jnp.full_like(lse_b, jnp.inf), lse_b - picked)
+    nll = _nll(lse_b, _pick(b, labels))
   else:
     nll, lse_b = _labels_stats(labels, b, where)
     q = _prob(b, lse_b, where)
