@@ -222,9 +222,10 @@ def test_log_softmax_derivatives_finite_at_minus_inf_and_masked_rows():
 # ---------------------------------------------------------------------------
 # The fused logits kernels: fast path and exact path
 #
-# Without a mask each kernel first evaluates a where-free formula shifted by a sampled
-# maximum and keeps it where every result is finite; otherwise (and always with a mask)
-# it takes the exact path. A mask of all True selects the exact path for the same
+# Without a mask each kernel first evaluates a where-free formula -- unshifted when a
+# strided sample of the logits is at most _UNSHIFTED_MAX, else shifted by sampled row
+# maxima -- and keeps it where every result is finite; otherwise (and always with a
+# mask) it takes the exact path. A mask of all True selects the exact path for the same
 # values, which makes it an oracle for the fast one.
 # ---------------------------------------------------------------------------
 
@@ -254,19 +255,94 @@ def _kernel_inputs(name, shape, dtype, seed=0, scale=3.0):
   return target, z
 
 
+def _tier(name, shift):
+  """The fast path of kernel ``name`` as ``_fast_or_exact`` runs it: shifted or not."""
+  fast = _KERNELS[name][0]
+  return lambda t, z: _numerics._fast_tier(fast, (t, z), shift)
+
+
+def _shift_logits(name, target, z, c):
+  """The same distributions with every logit raised by ``c``."""
+  return (target + c if name in ("kl", "ce") else target), z + c
+
+
 @pytest.mark.parametrize("name", sorted(_KERNELS))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_kernel_takes_the_fast_path_on_finite_inputs_and_it_agrees_with_the_exact_one(name, dtype):
-  fast, exact, _ = _KERNELS[name]
-  target, z = _kernel_inputs(name, (6, 1000), dtype)
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_kernel_takes_the_fast_path_on_finite_inputs_and_it_agrees_with_the_exact_one(
+  name, dtype, offset
+):
+  # Logits around 0 take the unshifted formula; raised by 100 (above _UNSHIFTED_MAX,
+  # where e^z overflows in float32) the shifted one. Both give the exact path's values.
+  _, exact, _ = _KERNELS[name]
+  target, z = _shift_logits(name, *_kernel_inputs(name, (6, 1000), dtype), offset)
   stats = getattr(_numerics, f"_{name}_stats")
   chosen = jax.jit(lambda t, z: stats(t, z, None))(target, z)
-  from_fast = jax.jit(fast)(target, z)
+  from_fast = jax.jit(_tier(name, shift=offset > _numerics._UNSHIFTED_MAX))(target, z)
   from_exact = jax.jit(lambda t, z: exact(t, z, None))(target, z)
   for c, f, e in zip(chosen, from_fast, from_exact, strict=True):
-    np.testing.assert_array_equal(c, f)  # the fast path was taken
+    np.testing.assert_array_equal(c, f)  # that fast path was taken
     rtol = 2e-6 if dtype == jnp.float32 else 1e-13
     np.testing.assert_allclose(f, e, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_both_fast_formulas_agree_with_float64_on_shifted_logits(name):
+  # Softmax is shift-invariant; each fast formula, in float32, must keep that to float32
+  # accuracy for offsets on both sides of the unshifted tier's range.
+  target, z = _kernel_inputs(name, (4, 5000), jnp.float32, seed=7)
+  t64 = target if name == "labels" else jnp.asarray(target, jnp.float64)
+  oracle = np.asarray(_KERNELS[name][2](t64, jnp.asarray(z, jnp.float64), None))
+  for offset, shift in [(-15.0, False), (0.0, False), (40.0, False), (0.0, True), (300.0, True)]:
+    got = jax.jit(_tier(name, shift))(*_shift_logits(name, target, z, offset))[0]
+    np.testing.assert_allclose(got, oracle, rtol=2e-5, atol=2e-5, err_msg=f"{offset}, {shift}")
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+@pytest.mark.parametrize("edge", ["none", "target -inf", "both -inf"])
+def test_ce_and_kl_from_logits_take_bitwise_identical_steps(offset, edge):
+  # H(p, q) = H(p) + KL(p || q) with p fixed: the q-gradients are the same rule, and the
+  # two kernels must take the same path (fast tier or exact) so that the rule sees
+  # bitwise-equal log-normalisers -- also where a -inf target logit makes KL's fast
+  # formula non-finite but would leave CE's finite.
+  target, z = _shift_logits("kl", *_kernel_inputs("kl", (8, 1000), jnp.float32, seed=9), offset)
+  if edge != "none":
+    target = target.at[2, 3].set(-INF)
+  if edge == "both -inf":
+    z = z.at[2, 3].set(-INF)
+
+  def steps(f):
+    return jax.jit(jax.value_and_grad(lambda z: jnp.sum(f(target, z, None))))(z)
+
+  (ce, g_ce), (kl, g_kl) = steps(_numerics.ce_from_logits), steps(_numerics.kl_from_logits)
+  assert bool(jnp.isfinite(ce)) and bool(jnp.isfinite(kl))
+  np.testing.assert_array_equal(g_ce, g_kl)
+  lse = [
+    jax.jit(lambda t, z, f=f: f(t, z, None)[1:])(target, z)
+    for f in (_numerics._ce_stats, _numerics._kl_stats)
+  ]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, *lse)
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_unshifted_rows_whose_exponentials_underflow_go_to_the_exact_path(name):
+  # A row of logits spread over [-104, -84] is finite unshifted but e^z is flushed to 0
+  # below -87 (without the guard the loss is off by about 1 %, silently); its
+  # log-normaliser (about -80) is below _UNSHIFTED_MIN_LSE, so the tier marks the row NaN
+  # and the kernel takes the exact path.
+  _, exact, call = _KERNELS[name]
+  target, z = _kernel_inputs(name, (3, 4096), jnp.float32, seed=8, scale=1.0)
+  z = z.at[1].set(jnp.linspace(-104.0, -84.0, 4096, dtype=jnp.float32))
+  if name in ("kl", "ce"):
+    target = target.at[1].set(jnp.linspace(-84.0, -104.0, 4096, dtype=jnp.float32))
+  tier = jax.jit(_tier(name, shift=False))(target, z)
+  assert all(bool(jnp.isnan(o[1])) for o in tier)
+  assert all(bool(jnp.all(jnp.isfinite(o[jnp.array([0, 2])]))) for o in tier)
+  got = jax.jit(lambda t, z: call(t, z, None))(target, z)
+  np.testing.assert_array_equal(got, jax.jit(lambda t, z: exact(t, z, None)[0])(target, z))
+  t64 = target if name == "labels" else jnp.asarray(target, jnp.float64)
+  oracle = call(t64, jnp.asarray(z, jnp.float64), None)
+  np.testing.assert_allclose(got, oracle, rtol=2e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(_KERNELS))
@@ -293,12 +369,15 @@ def test_fast_and_exact_paths_give_the_same_values_and_gradients(name, monkeypat
 def test_logits_spanning_more_than_exp_range_above_the_sample_fall_back_to_exact(name):
   # One logit 200 above the rest at a position the sample skips: exp overflows on the
   # fast path (float32), so the kernel must give the exact path's finite value.
-  fast, exact, call = _KERNELS[name]
+  # Both fast formulas overflow there (the whole-array sample misses it too).
+  _, exact, call = _KERNELS[name]
   target, z = _kernel_inputs(name, (3, 4096), jnp.float32, seed=2, scale=1.0)
   z = z.at[:, 4096 // _numerics._SAMPLES + 1].add(200.0)
   if name in ("kl", "ce"):
     target = target.at[:, 7].add(150.0)
-  assert not all(bool(jnp.all(jnp.isfinite(o))) for o in jax.jit(fast)(target, z))
+  for shift in (False, True):
+    out = jax.jit(_tier(name, shift))(target, z)
+    assert not all(bool(jnp.all(jnp.isfinite(o))) for o in out)
   got = jax.jit(lambda t, z: call(t, z, None))(target, z)
   want = jax.jit(lambda t, z: exact(t, z, None)[0])(target, z)
   assert bool(jnp.all(jnp.isfinite(got)))
@@ -310,10 +389,11 @@ def test_logits_spanning_more_than_exp_range_above_the_sample_fall_back_to_exact
 
 @pytest.mark.parametrize("name", ["soft_ce", "soft_kl"])
 def test_a_negative_probability_is_nan_on_the_fast_path_value_and_gradient(name):
-  fast, _, call = _KERNELS[name]
+  _, _, call = _KERNELS[name]
   target, z = _kernel_inputs(name, (3, 2000), jnp.float32, seed=3)
   target = target.at[1, 4].set(-1e-3)
-  assert bool(jnp.isnan(jax.jit(fast)(target, z)[0][1]))
+  for shift in (False, True):
+    assert bool(jnp.isnan(jax.jit(_tier(name, shift))(target, z)[0][1]))
   value, grad = jax.jit(jax.value_and_grad(lambda z: jnp.sum(call(target, z, None)[1])))(z)
   assert bool(jnp.isnan(value)) and bool(jnp.all(jnp.isnan(grad[1])))
   assert bool(jnp.all(jnp.isfinite(call(target, z, None)[jnp.array([0, 2])])))
@@ -362,14 +442,15 @@ def _edge_rows(name, v=8):
 
 @pytest.mark.parametrize("name", sorted(_KERNELS))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_fast_formula_is_finite_only_where_it_equals_the_exact_one(name, dtype):
+@pytest.mark.parametrize("shift", [False, True])
+def test_fast_formula_is_finite_only_where_it_equals_the_exact_one(name, dtype, shift):
   # The fast path is kept only where all its results are finite, so at every edge it
   # must either be non-finite or already right: never a finite wrong number.
-  fast, exact, _ = _KERNELS[name]
+  _, exact, _ = _KERNELS[name]
   t, z = _edge_rows(name)
   z = z.astype(dtype)
   t = t if name == "labels" else t.astype(dtype)
-  from_fast = jax.jit(fast)(t, z)
+  from_fast = jax.jit(_tier(name, shift))(t, z)
   from_exact = jax.jit(lambda t, z: exact(t, z, None))(t, z)
   finite = np.ones(z.shape[0], bool)
   for f in from_fast:
