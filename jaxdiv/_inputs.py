@@ -122,14 +122,20 @@ def broadcast_shape(fn: str, shapes: dict[str, tuple]) -> tuple:
 
 
 class Aligned(NamedTuple):
-  sources: tuple  # Sources with float values cast to `dtype`, category axis last
+  sources: tuple  # Sources with float values cast to `dtype` (see `upcast`), category axis last
   where: Array | None  # bool mask broadcast to `shape`, category axis last
   dtype: jnp.dtype  # computation and result dtype
   shape: tuple  # common shape, category axis last
 
 
-def align(fn: str, *sources: Source, axis=-1, where=None) -> Aligned:
-  """Check and broadcast distributions (and ``where``) so that ``axis`` is the last one."""
+def align(fn: str, *sources: Source, axis=-1, where=None, upcast: bool = True) -> Aligned:
+  """Check and broadcast distributions (and ``where``) so that ``axis`` is the last one.
+
+  Values are cast to the computation dtype ``Aligned.dtype``. With ``upcast=False``
+  floating values keep their own dtype: the fused logits kernels of ``_numerics`` take
+  16-bit inputs as they are and convert them inside each pass (a converted copy that
+  several passes read would be written out in full).
+  """
   dense = {s.name: s.value.shape for s in sources if s.kind != "labels"}
   if where is not None:
     where = jnp.asarray(where)
@@ -172,9 +178,11 @@ def align(fn: str, *sources: Source, axis=-1, where=None) -> Aligned:
     if s.kind == "labels":
       out.append(s._replace(value=jnp.broadcast_to(s.value, batch)))
       continue
-    v = s.value.astype(dtype)
-    if s.kind == "probs":
-      v = _numerics.flush_subnormal_upcast(s.value, v)
+    v = s.value
+    if upcast or not jnp.issubdtype(v.dtype, jnp.floating):
+      v = v.astype(dtype)
+      if s.kind == "probs":
+        v = _numerics.flush_subnormal_upcast(s.value, v)
     v = jnp.broadcast_to(v, shape)
     out.append(s._replace(value=jnp.moveaxis(v, ax, -1)))
   if where is not None:

@@ -153,7 +153,8 @@ def cross_entropy(
   _inputs.check_base(fn, base)
   ps = _inputs.source(fn, "p", p, p_logits, labels, labels_allowed=True)
   qs = _inputs.source(fn, "q", q, q_logits)
-  a = _inputs.align(fn, ps, qs, axis=axis, where=where)
+  # Logits q: a fused kernel of _numerics, which upcasts 16-bit inputs itself.
+  a = _inputs.align(fn, ps, qs, axis=axis, where=where, upcast=qs.kind != "logits")
   ps, qs = a.sources
   if ps.kind == "labels":
     h = _labels_nll(fn, ps, qs, a.where)
@@ -232,7 +233,7 @@ def kl_divergence(
   _inputs.check_base(fn, base)
   ps = _inputs.source(fn, "p", p, p_logits, labels, labels_allowed=True)
   qs = _inputs.source(fn, "q", q, q_logits)
-  a = _inputs.align(fn, ps, qs, axis=axis, where=where)
+  a = _inputs.align(fn, ps, qs, axis=axis, where=where, upcast=qs.kind != "logits")
   ps, qs = a.sources
   if ps.kind == "labels":
     d = _labels_nll(fn, ps, qs, a.where)

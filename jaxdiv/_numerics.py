@@ -261,11 +261,40 @@ def _sample_max(x: Array) -> Array:
   return _seal(jnp.max(x[..., ::stride], axis=-1))
 
 
-def _row_shift(x: Array, shift: bool) -> Array | None:
-  return _sample_max(x) if shift else None
+def _dtype(*xs: Array) -> jnp.dtype:
+  """The computation dtype of the kernels' float inputs (float32 for 16-bit ones)."""
+  return compute_dtype(jnp.result_type(*(x.dtype for x in xs)))
 
 
-def _exp_sum(x: Array, shift: Array | None) -> Array:
+def _up(x: Array, dtype) -> Array:
+  """Logits in the computation dtype.
+
+  The kernels take 16-bit inputs as given and convert them where they are read, each
+  fast pass from its own copy (``_copies``): otherwise XLA merges the conversions (also
+  out of a slice) into one converted N x V array that it writes out and the passes
+  share. (The exact path's row-block loop still gets its conversion hoisted out of the
+  loop by XLA, so there a 16-bit input costs a converted copy.)
+  """
+  return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _copies(x: Array, n: int) -> tuple:
+  """``n`` copies of ``x`` as distinct HLO values (one barrier; see ``_fresh``)."""
+  return lax.optimization_barrier((x,) * n)
+
+
+def _up_probs(p: Array, dtype) -> Array:
+  """Probabilities in the computation dtype, 16-bit values below float32's normal range
+  set to exactly 0 (see :func:`flush_subnormal_upcast`)."""
+  return flush_subnormal_upcast(p, p.astype(dtype))
+
+
+def _row_shift(x: Array, shift: bool, dtype) -> Array | None:
+  return _up(_sample_max(x), dtype) if shift else None
+
+
+def _exp_sum(x: Array, shift: Array | None, dtype) -> Array:
+  x = _up(x, dtype)
   return _seal(jnp.sum(jnp.exp(x if shift is None else x - shift[..., None]), axis=-1))
 
 
@@ -366,12 +395,13 @@ def _add(*terms) -> Array:
   return sum(terms[1:], terms[0])
 
 
-def _total(p: Array, where: Array | None) -> Array:
+def _total(p: Array, where: Array | None, dtype) -> Array:
   """``sum(p)`` per row over the included categories; NaN if any ``p`` is negative."""
   if where is None:
     (p,) = _fresh(p)  # not shared with the loss's reduction (see the section comment)
+    p = _up_probs(p, dtype)
     return jnp.sum(p + _sqrt_guard(p), axis=-1)
-  return jnp.sum(nan_negative(p, where), axis=-1)
+  return jnp.sum(nan_negative(_up_probs(p, dtype), where), axis=-1)
 
 
 # KL(softmax(a) || softmax(b)) ----------------------------------------------
@@ -385,13 +415,14 @@ def _fast_pair(a: Array, b: Array, shift: bool):
   ``da, db`` for the third reduction, built fresh so that its ``e^da`` is recomputed
   rather than shared with ``sa``.
   """
-  ma, mb = _row_shift(a, shift), _row_shift(b, shift)
-  sa, sb = _exp_sum(a, ma), _exp_sum(b, mb)
+  dt = _dtype(a, b)
+  (a0, a1, a2), (b0, b1, b2) = _copies(a, 3), _copies(b, 3)
+  ma, mb = _row_shift(a0, shift, dt), _row_shift(b0, shift, dt)
+  sa, sb = _exp_sum(a1, ma, dt), _exp_sum(b1, mb, dt)
+  da, db = _up(a2, dt), _up(b2, dt)
   if shift:
     ma2, mb2 = _fresh(ma, mb)
-    da, db = a - ma2[..., None], b - mb2[..., None]
-  else:
-    da, db = _fresh(a, b)
+    da, db = da - ma2[..., None], db - mb2[..., None]
   return _shifted_lse(ma, sa), _shifted_lse(mb, sb), sa, sb, da, db
 
 
@@ -403,7 +434,8 @@ def _kl_fast(a: Array, b: Array, shift: bool = True):
 
 
 def _kl_rows(a: Array, b: Array, where: Array | None):
-  a, b = _mask(a, where), _mask(b, where)
+  dt = _dtype(a, b)
+  a, b = _mask(_up(a, dt), where), _mask(_up(b, dt), where)
   da, ma = _shift(a)
   db, mb = _shift(b)
   ea, eb = jnp.exp(da), jnp.exp(db)
@@ -433,6 +465,7 @@ def _kl_stats_jvp(primals, tangents):
   a, b, where = primals
   da, db, _ = tangents
   kl, lse_a, lse_b = _kl_stats(a, b, where)
+  a, b = _up(a, kl.dtype), _up(b, kl.dtype)
   p, q = _prob(a, lse_a, where), _prob(b, lse_b, where)
   # dKL = <q - p, dq> + <p (log p - log q - KL), dp>;  dlse_p = <p, dp>, dlse_q = <q, dq>.
   zero = jnp.zeros_like(kl)
@@ -473,7 +506,8 @@ def _ce_fast(a: Array, b: Array, shift: bool = True):
 
 
 def _ce_rows(a: Array, b: Array, where: Array | None):
-  a, b = _mask(a, where), _mask(b, where)
+  dt = _dtype(a, b)
+  a, b = _mask(_up(a, dt), where), _mask(_up(b, dt), where)
   da, ma = _shift(a)
   db, mb = _shift(b)
   ea, eb = jnp.exp(da), jnp.exp(db)
@@ -501,6 +535,7 @@ def _ce_stats_jvp(primals, tangents):
   a, b, where = primals
   da, db, _ = tangents
   ce, lse_a, lse_b = _ce_stats(a, b, where)
+  a, b = _up(a, ce.dtype), _up(b, ce.dtype)
   p, q = _prob(a, lse_a, where), _prob(b, lse_b, where)
   # dH = <q - p, dq> - <p (log q + H), dp>.
   zero = jnp.zeros_like(ce)
@@ -525,13 +560,21 @@ def ce_from_logits(p_logits: Array, q_logits: Array, where: Array | None) -> Arr
 # H(p, softmax(b)) and KL(p || softmax(b)) for probabilities p ------------------------
 
 
-def _fast_lse(b: Array, shift: bool) -> Array:
-  m = _row_shift(b, shift)
-  return _shifted_lse(m, _exp_sum(b, m))
+def _fast_lse(b0: Array, b1: Array, shift: bool, dtype) -> Array:
+  """The fast log-normaliser of ``b`` from two copies: one for the shift, one summed."""
+  m = _row_shift(b0, shift, dtype)
+  return _shifted_lse(m, _exp_sum(b1, m, dtype))
+
+
+def _fast_terms(p: Array, b: Array, shift: bool):
+  """``(lse, p, b)``: the fast log-normaliser and fresh ``p``, ``b`` in its dtype."""
+  dt = _dtype(p, b)
+  b0, b1, b2 = _copies(b, 3)
+  return _fast_lse(b0, b1, shift, dt), _up(p, dt), _up(b2, dt)
 
 
 def _soft_ce_fast(p: Array, b: Array, shift: bool = True):
-  lse = _fast_lse(b, shift)
+  lse, p, b = _fast_terms(p, b, shift)
   return jnp.sum(p * (lse[..., None] - b) + _sqrt_guard(p), axis=-1), lse
 
 
@@ -540,7 +583,8 @@ def _soft_ce_exact(p: Array, b: Array, where: Array | None):
 
 
 def _soft_ce_rows(p: Array, b: Array, where: Array | None):
-  p, b = nan_negative(p, where), _mask(b, where)
+  dt = _dtype(p, b)
+  p, b = nan_negative(_up_probs(p, dt), where), _mask(_up(b, dt), where)
   lse = _masked_lse(b, where)
   # p_i (lse - b_i): 0 where p_i = 0, +inf where p_i > 0 = q_i; NaN p (and the NaN of a
   # +inf logit, through lse) propagates.
@@ -561,10 +605,11 @@ def _soft_rule_q(p: Array, b: Array, where: Array | None, lse: Array):
   CE and KL with the same ``p`` call this with the same ``lse`` (computed by the same
   expression), so minimising either takes bitwise-identical steps.
   """
-  q = _prob(b, lse, where)
+  q = _prob(_up(b, lse.dtype), lse, where)
   # Without a mask p is used raw: a negative entry already makes sum(p), so the row, NaN.
-  p_used = p if where is None else nan_negative(p, where)
-  return q, q * _total(p, where)[..., None] - p_used
+  p_up = _up_probs(p, lse.dtype)
+  p_used = p_up if where is None else nan_negative(p_up, where)
+  return q, q * _total(p, where, lse.dtype)[..., None] - p_used
 
 
 @functools.partial(_soft_ce_stats.defjvp, symbolic_zeros=True)
@@ -577,7 +622,7 @@ def _soft_ce_stats_jvp(primals, tangents):
   zero = jnp.zeros_like(ce)
   dce = _add(zero, _dot(coef_q, db))
   if not _is_zero(dp):
-    dce = _add(dce, _dot(-_log_prob(_mask(b, where), lse_b)[1], dp))
+    dce = _add(dce, _dot(-_log_prob(_mask(_up(b, ce.dtype), where), lse_b)[1], dp))
   return (ce, lse_b), (dce, _add(zero, _dot(q, db)))
 
 
@@ -594,7 +639,7 @@ def soft_ce_from_logits(p: Array, q_logits: Array, where: Array | None) -> Array
 
 
 def _soft_kl_fast(p: Array, b: Array, shift: bool = True):
-  lse = _fast_lse(b, shift)
+  lse, p, b = _fast_terms(p, b, shift)
   log_p = jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))  # p log p = 0 at p = 0
   terms = p * (log_p - (b - lse[..., None])) + _sqrt_guard(p)
   return jnp.sum(terms, axis=-1), lse
@@ -605,7 +650,8 @@ def _soft_kl_exact(p: Array, b: Array, where: Array | None):
 
 
 def _soft_kl_rows(p: Array, b: Array, where: Array | None):
-  p, b = nan_negative(p, where), _mask(b, where)
+  dt = _dtype(p, b)
+  p, b = nan_negative(_up_probs(p, dt), where), _mask(_up(b, dt), where)
   lse = _masked_lse(b, where)
   log_p, p_zero = safe_log(p)
   # p_i (log p_i - log q_i), formed per category (keeps a small KL's precision): 0 where
@@ -633,9 +679,9 @@ def _soft_kl_stats_jvp(primals, tangents):
   zero = jnp.zeros_like(kl)
   dkl = _add(zero, _dot(coef_q, db))
   if not _is_zero(dp):
-    log_p, p_zero = safe_log(nan_negative(p, where))
-    log_q = _log_prob(_mask(b, where), lse_b)[1]
-    coef_p = jnp.where(p_zero, jnp.zeros_like(p), log_p + 1) - log_q
+    log_p, p_zero = safe_log(nan_negative(_up_probs(p, kl.dtype), where))
+    log_q = _log_prob(_mask(_up(b, kl.dtype), where), lse_b)[1]
+    coef_p = jnp.where(p_zero, jnp.zeros_like(log_p), log_p + 1) - log_q
     dkl = _add(dkl, _dot(coef_p, dp))
   return (kl, lse_b), (dkl, _add(zero, _dot(q, db)))
 
@@ -666,12 +712,14 @@ def _nll(lse: Array, picked: Array) -> Array:
 
 
 def _labels_fast(labels: Array, b: Array, shift: bool = True):
-  lse = _fast_lse(b, shift)
-  return lse - _pick(b, labels), lse
+  dt = _dtype(b)
+  b0, b1, b2 = _copies(b, 3)
+  lse = _fast_lse(b0, b1, shift, dt)
+  return lse - _up(_pick(b2, labels), dt), lse
 
 
 def _labels_exact(labels: Array, b: Array, where: Array | None):
-  b = _mask(b, where)
+  b = _mask(_up(b, _dtype(b)), where)
   lse = _masked_lse(b, where)
   return _nll(lse, _pick(b, labels)), lse
 
@@ -707,11 +755,12 @@ def _labels_stats_jvp(primals, tangents):
   labels, b, where = primals
   _, db, _ = tangents
   if where is None:
+    b = _up(b, _dtype(b))
     lse_b, q = _softmax_shared(b)
     nll = _nll(lse_b, _pick(b, labels))
   else:
     nll, lse_b = _labels_stats(labels, b, where)
-    q = _prob(b, lse_b, where)
+    q = _prob(_up(b, lse_b.dtype), lse_b, where)
   # d(-log q_y) = <q, dq> - dq_y. Picking dq_y (not a dense one-hot, whose compare costs
   # a third of the gradient pass) transposes to a scatter-add that XLA does in place.
   zero = jnp.zeros_like(nll)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+import jaxdiv
 from jaxdiv import _numerics
 
 INF = np.inf
@@ -479,3 +480,70 @@ def test_kernels_keep_no_n_by_v_temporaries(name):
   vg = _temp_bytes(jax.value_and_grad(lambda z, t: jnp.sum(call(t, z, None))), z, target)
   assert fwd <= 4 * _numerics._BLOCK_BYTES < array_bytes / 2
   assert vg <= 4 * _numerics._BLOCK_BYTES
+
+
+# ---------------------------------------------------------------------------
+# 16-bit inputs: the kernels take them as they are and convert them inside each pass.
+# ---------------------------------------------------------------------------
+
+_PUBLIC_CALLS = {
+  "kl": lambda t, z: jaxdiv.kl_divergence(p_logits=t, q_logits=z),
+  "ce": lambda t, z: jaxdiv.cross_entropy(p_logits=t, q_logits=z),
+  "soft_ce": lambda t, z: jaxdiv.cross_entropy(t, q_logits=z),
+  "soft_kl": lambda t, z: jaxdiv.kl_divergence(t, q_logits=z),
+  "labels": lambda t, z: jaxdiv.cross_entropy(labels=t, q_logits=z),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("case", ["unshifted", "shifted", "exact"])
+def test_16_bit_inputs_give_the_values_and_gradients_of_their_float32_upcast(name, dtype, case):
+  # Converting inside the kernel must be the same computation as converting first:
+  # the unshifted and shifted fast tiers and the exact path (a -inf logit) alike.
+  target, z = _kernel_inputs(name, (4, 2048), jnp.float32, seed=10, scale=2.0)
+  if case == "shifted":
+    target, z = _shift_logits(name, target, z, 70.0 if dtype == jnp.float16 else 100.0)
+  if case == "exact":
+    z = z.at[1, 5].set(-INF)
+  target = target if name == "labels" else target.astype(dtype)
+  z = z.astype(dtype)
+  up = target if name == "labels" else target.astype(jnp.float32)
+  call = _PUBLIC_CALLS[name]
+  got = jax.jit(jax.value_and_grad(lambda z: jnp.sum(call(target, z))))(z)
+  want = jax.jit(jax.value_and_grad(lambda z: jnp.sum(call(up, z))))(z.astype(jnp.float32))
+  assert got[0].dtype == jnp.float32 and got[1].dtype == dtype
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  np.testing.assert_array_equal(got[1], want[1].astype(dtype))
+  rows = jax.jit(call)(target, z)
+  np.testing.assert_allclose(rows, jax.jit(call)(up, z.astype(jnp.float32)), rtol=1e-6)
+  if case != "exact":
+    assert bool(jnp.all(jnp.isfinite(rows)))
+
+
+@pytest.mark.parametrize("name", sorted(_KERNELS))
+def test_16_bit_fast_paths_keep_no_converted_copy(name):
+  # Each fast pass converts its own reads: no float32 N x V copy of a bfloat16 input is
+  # written out (it would be 16 MiB here), in either tier.
+  target, z = _kernel_inputs(name, (512, 8192), jnp.float32, seed=5)
+  target = target if name == "labels" else target.astype(jnp.bfloat16)
+  z = z.astype(jnp.bfloat16)
+  for shift in (False, True):
+    assert _temp_bytes(_tier(name, shift), target, z) <= _numerics._BLOCK_BYTES
+
+
+def test_16_bit_probabilities_below_float32_normal_count_as_zero_on_every_path():
+  # A bfloat16 probability of 1e-39 is a float32 subnormal: the fast path (unmasked)
+  # and the exact path (where=all-True) must both treat it as the 0 it is flushed to.
+  target, z = _kernel_inputs("soft_kl", (4, 2048), jnp.float32, seed=11)
+  target = target.at[2, 7].set(1e-39).astype(jnp.bfloat16)
+  zeroed = target.at[2, 7].set(0)
+  z = z.astype(jnp.bfloat16)
+  everywhere = jnp.ones(z.shape, bool)
+  for f in (jaxdiv.cross_entropy, jaxdiv.kl_divergence):
+    for where in (None, everywhere):
+      got = jax.jit(lambda t, z, w, f=f: f(t, q_logits=z, where=w))(target, z, where)
+      want = jax.jit(lambda t, z, w, f=f: f(t, q_logits=z, where=w))(zeroed, z, where)
+      np.testing.assert_allclose(got, want, rtol=1e-6)
+      grad = jax.grad(lambda t, z, w, f=f: jnp.sum(f(t, q_logits=z, where=w)), (0, 1))
+      assert all(bool(jnp.all(jnp.isfinite(g))) for g in grad(target, z, where))
