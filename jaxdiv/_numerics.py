@@ -144,9 +144,11 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 #   so that the passes of one block stay in cache and no N x V temporary is kept.
 #
 # Two sums over the same exponentials (``sum e^a`` and ``sum e^a (a - b)``) are kept
-# separate reductions that each recompute ``e^a``: behind an optimisation barrier on the
-# per-row shift, XLA cannot merge them into one materialised N x V array, which on CPU
-# costs more (a page-faulted buffer) than the extra exponential. Every per-row result
+# separate reductions that each recompute ``e^a``: each reads its own copy of the input
+# (``_copies``, one optimisation barrier) and of the shift (``_fresh``), so XLA cannot
+# merge them into one materialised N x V array, which on CPU costs more (a page-faulted
+# buffer) than the extra exponential. The same copies keep a 16-bit input's conversion
+# to float32 inside each pass (``_up``). Every per-row result
 # passes through ``_seal`` so that XLA keeps each reduction its own kernel.
 #
 # Derivatives: custom_jvp (not custom_vjp) so that forward mode, jacfwd and hessian keep
