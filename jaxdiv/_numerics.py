@@ -145,7 +145,7 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 #
 # Two sums over the same exponentials (``sum e^a`` and ``sum e^a (a - b)``) are kept
 # separate reductions that each recompute ``e^a``: each reads its own copy of the input
-# (``_copies``, one optimisation barrier) and of the shift (``_fresh``), so XLA cannot
+# and of the shift (``_fresh``, an optimisation barrier), so XLA cannot
 # merge them into one materialised N x V array, which on CPU costs more (a page-faulted
 # buffer) than the extra exponential. The same copies keep a 16-bit input's conversion
 # to float32 inside each pass (``_up``). Every per-row result
@@ -272,17 +272,12 @@ def _up(x: Array, dtype) -> Array:
   """Logits in the computation dtype.
 
   The kernels take 16-bit inputs as given and convert them where they are read, each
-  fast pass from its own copy (``_copies``): otherwise XLA merges the conversions (also
+  fast pass from its own copy (``_fast_sum``): otherwise XLA merges the conversions (also
   out of a slice) into one converted N x V array that it writes out and the passes
   share. (The exact path's row-block loop still gets its conversion hoisted out of the
   loop by XLA, so there a 16-bit input costs a converted copy.)
   """
   return x if x.dtype == dtype else x.astype(dtype)
-
-
-def _copies(x: Array, n: int) -> tuple:
-  """``n`` copies of ``x`` as distinct HLO values (one barrier; see ``_fresh``)."""
-  return lax.optimization_barrier((x,) * n)
 
 
 def _up_probs(p: Array, dtype) -> Array:
@@ -291,13 +286,19 @@ def _up_probs(p: Array, dtype) -> Array:
   return flush_subnormal_upcast(p, p.astype(dtype))
 
 
-def _row_shift(x: Array, shift: bool, dtype) -> Array | None:
-  return _up(_sample_max(x), dtype) if shift else None
+def _fast_sum(x: Array, shift: bool, dtype):
+  """``(m, s, x')``: the row shift ``m`` (None unshifted), ``s = sum e^(x - m)``, and a
+  fresh copy ``x'`` of the input for a further pass.
 
-
-def _exp_sum(x: Array, shift: Array | None, dtype) -> Array:
-  x = _up(x, dtype)
-  return _seal(jnp.sum(jnp.exp(x if shift is None else x - shift[..., None]), axis=-1))
+  The shift, the sum and the further pass each read their own copy of ``x`` (one
+  barrier, distinct outputs), so that neither an exponential nor a 16-bit input's
+  conversion is shared between them. (Two barriers on the same array would be merged.)
+  """
+  x0, x1, x2 = _fresh(x, x, x)
+  m = _up(_sample_max(x0), dtype) if shift else None
+  x1 = _up(x1, dtype)
+  s = _seal(jnp.sum(jnp.exp(x1 if m is None else x1 - m[..., None]), axis=-1))
+  return m, s, x2
 
 
 def _shifted_lse(shift: Array | None, s: Array) -> Array:
@@ -418,9 +419,7 @@ def _fast_pair(a: Array, b: Array, shift: bool):
   rather than shared with ``sa``.
   """
   dt = _dtype(a, b)
-  (a0, a1, a2), (b0, b1, b2) = _copies(a, 3), _copies(b, 3)
-  ma, mb = _row_shift(a0, shift, dt), _row_shift(b0, shift, dt)
-  sa, sb = _exp_sum(a1, ma, dt), _exp_sum(b1, mb, dt)
+  (ma, sa, a2), (mb, sb, b2) = _fast_sum(a, shift, dt), _fast_sum(b, shift, dt)
   da, db = _up(a2, dt), _up(b2, dt)
   if shift:
     ma2, mb2 = _fresh(ma, mb)
@@ -435,9 +434,14 @@ def _kl_fast(a: Array, b: Array, shift: bool = True):
   return t / sa - jnp.log(sa / sb), lse_a, lse_b
 
 
-def _kl_rows(a: Array, b: Array, where: Array | None):
+def _masked_pair(a: Array, b: Array, where: Array | None):
+  """Exact path: both logit arrays in the computation dtype, masked."""
   dt = _dtype(a, b)
-  a, b = _mask(_up(a, dt), where), _mask(_up(b, dt), where)
+  return _mask(_up(a, dt), where), _mask(_up(b, dt), where)
+
+
+def _kl_rows(a: Array, b: Array, where: Array | None):
+  a, b = _masked_pair(a, b, where)
   da, ma = _shift(a)
   db, mb = _shift(b)
   ea, eb = jnp.exp(da), jnp.exp(db)
@@ -508,8 +512,7 @@ def _ce_fast(a: Array, b: Array, shift: bool = True):
 
 
 def _ce_rows(a: Array, b: Array, where: Array | None):
-  dt = _dtype(a, b)
-  a, b = _mask(_up(a, dt), where), _mask(_up(b, dt), where)
+  a, b = _masked_pair(a, b, where)
   da, ma = _shift(a)
   db, mb = _shift(b)
   ea, eb = jnp.exp(da), jnp.exp(db)
@@ -562,17 +565,11 @@ def ce_from_logits(p_logits: Array, q_logits: Array, where: Array | None) -> Arr
 # H(p, softmax(b)) and KL(p || softmax(b)) for probabilities p ------------------------
 
 
-def _fast_lse(b0: Array, b1: Array, shift: bool, dtype) -> Array:
-  """The fast log-normaliser of ``b`` from two copies: one for the shift, one summed."""
-  m = _row_shift(b0, shift, dtype)
-  return _shifted_lse(m, _exp_sum(b1, m, dtype))
-
-
 def _fast_terms(p: Array, b: Array, shift: bool):
   """``(lse, p, b)``: the fast log-normaliser and fresh ``p``, ``b`` in its dtype."""
   dt = _dtype(p, b)
-  b0, b1, b2 = _copies(b, 3)
-  return _fast_lse(b0, b1, shift, dt), _up(p, dt), _up(b2, dt)
+  m, s, b = _fast_sum(b, shift, dt)
+  return _shifted_lse(m, s), _up(p, dt), _up(b, dt)
 
 
 def _soft_ce_fast(p: Array, b: Array, shift: bool = True):
@@ -584,10 +581,16 @@ def _soft_ce_exact(p: Array, b: Array, where: Array | None):
   return _map_rows(_soft_ce_rows, (p, b, where), b.shape[-1])
 
 
-def _soft_ce_rows(p: Array, b: Array, where: Array | None):
+def _soft_rows_inputs(p: Array, b: Array, where: Array | None):
+  """Exact path: ``(p, b, lse)`` -- probabilities NaN where negative and 0 where
+  excluded, masked logits, and their log-normaliser, in the computation dtype."""
   dt = _dtype(p, b)
   p, b = nan_negative(_up_probs(p, dt), where), _mask(_up(b, dt), where)
-  lse = _masked_lse(b, where)
+  return p, b, _masked_lse(b, where)
+
+
+def _soft_ce_rows(p: Array, b: Array, where: Array | None):
+  p, b, lse = _soft_rows_inputs(p, b, where)
   # p_i (lse - b_i): 0 where p_i = 0, +inf where p_i > 0 = q_i; NaN p (and the NaN of a
   # +inf logit, through lse) propagates.
   terms = jnp.where(b == -jnp.inf, jnp.where(p > 0, jnp.inf, p), p * (lse[..., None] - b))
@@ -652,9 +655,7 @@ def _soft_kl_exact(p: Array, b: Array, where: Array | None):
 
 
 def _soft_kl_rows(p: Array, b: Array, where: Array | None):
-  dt = _dtype(p, b)
-  p, b = nan_negative(_up_probs(p, dt), where), _mask(_up(b, dt), where)
-  lse = _masked_lse(b, where)
+  p, b, lse = _soft_rows_inputs(p, b, where)
   log_p, p_zero = safe_log(p)
   # p_i (log p_i - log q_i), formed per category (keeps a small KL's precision): 0 where
   # p_i = 0, +inf where p_i > 0 = q_i; NaN p propagates.
@@ -715,9 +716,9 @@ def _nll(lse: Array, picked: Array) -> Array:
 
 def _labels_fast(labels: Array, b: Array, shift: bool = True):
   dt = _dtype(b)
-  b0, b1, b2 = _copies(b, 3)
-  lse = _fast_lse(b0, b1, shift, dt)
-  return lse - _up(_pick(b2, labels), dt), lse
+  m, s, b = _fast_sum(b, shift, dt)
+  lse = _shifted_lse(m, s)
+  return lse - _up(_pick(b, labels), dt), lse
 
 
 def _labels_exact(labels: Array, b: Array, where: Array | None):
