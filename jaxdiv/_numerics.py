@@ -157,10 +157,11 @@ def rel_entr(x: Array, x_zero: Array, log_x: Array, log_y: Array, y_zero: Array)
 # expression in the inputs and those statistics, linear in the tangents; JAX transposes
 # it for reverse mode, and XLA fuses the recomputation (softmax(q) - softmax(p)) into the
 # gradient, so a value-and-gradient keeps O(rows) residuals and no N x V temporaries
-# besides the gradient. The labels rule (unmasked) instead forms ``exp(z - max)`` once
-# for both its sum and softmax (``_softmax_shared``), which XLA writes into the
-# gradient's own buffer. Tangents of inputs that are not differentiated arrive as
-# symbolic zeros and cost nothing.
+# besides the gradient. (The labels rule once formed ``exp(z - max)`` a single time for
+# both its sum and the softmax, written into the gradient's buffer: with the unshifted
+# fast statistics the recomputation is faster -- value-and-gradient at [1024, 32768]
+# 82 against 88 ms in float32, 66 against 112 ms in bfloat16.) Tangents of inputs that
+# are not differentiated arrive as symbolic zeros and cost nothing.
 # ---------------------------------------------------------------------------
 
 _BLOCK_BYTES = 1 << 20  # exact path: per input and block of rows, the passes stay in cache
@@ -778,37 +779,12 @@ def _labels_stats(labels: Array, q_logits: Array, where: Array | None):
   return _fast_or_exact(_labels_fast, _labels_exact, (labels, q_logits), where, (1,))
 
 
-def _softmax_shared(b: Array):
-  """``(lse, softmax)`` from one exponential per element, for the derivative rules.
-
-  ``e = exp(b - max)`` feeds both the sum and ``q = e / sum``, so XLA writes it once into
-  an N x V buffer that the gradient then reuses in place (as a log-softmax's autodiff
-  does). Shifted by the exact maximum, this is exact at every edge without a mask: a
-  ``-inf`` logit gives ``q = 0``, a row of only ``-inf`` gives ``lse = -inf`` and
-  ``q = 0``, ``+inf`` or NaN give NaN. The shift carries no derivative (``lse`` does
-  not depend on it), so higher derivatives never see the maximum's kink.
-  """
-  m = lax.stop_gradient(jnp.max(b, axis=-1))
-  m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
-  e = jnp.exp(b - m[..., None])
-  s = jnp.sum(e, axis=-1)
-  # 1 / max(s, tiny): s >= 1 on every row but one of only -inf logits, where e = 0 and
-  # so q = 0 (arithmetic, not a select: XLA evaluates a fused per-row expression at
-  # every element of the N x V gradient).
-  return m + jnp.log(s), e * (1 / jnp.maximum(s, jnp.finfo(s.dtype).tiny))[..., None]
-
-
 @functools.partial(_labels_stats.defjvp, symbolic_zeros=True)
 def _labels_stats_jvp(primals, tangents):
   labels, b, where = primals
   _, db, _ = tangents
-  if where is None:
-    b = _up(b, _dtype(b))
-    lse_b, q = _softmax_shared(b)
-    nll = _nll(lse_b, _pick(b, labels))
-  else:
-    nll, lse_b = _labels_stats(labels, b, where)
-    q = _prob(_up(b, lse_b.dtype), lse_b, where)
+  nll, lse_b = _labels_stats(labels, b, where)
+  q = _prob(_up(b, lse_b.dtype), lse_b, where)
   # d(-log q_y) = <q, dq> - dq_y. Picking dq_y (not a dense one-hot, whose compare costs
   # a third of the gradient pass) transposes to a scatter-add that XLA does in place.
   zero = jnp.zeros_like(nll)
