@@ -200,8 +200,9 @@ def _fast_or_exact(fast, exact, arrays: tuple, where: Array | None, logits: tupl
   per-row sampled maxima (see ``_fast_tier``). The choices are ``lax.cond`` over the
   whole batch (under ``vmap`` they become selects and every path runs; the result is
   the same). With a mask, with no categories, or below ``_FAST_MIN_SIZE`` elements,
-  only the exact path is built: at that size the time is XLA's per-kernel dispatch,
-  and the conditionals alone cost more than the whole exact path.
+  only the exact path is built: at that size the conditionals alone cost more than the
+  whole exact path (and at [8, 10] they would push the call over XLA's inline-execution
+  line, see ``_row_sums``).
   """
   size = arrays[-1].size
   if where is not None or arrays[-1].shape[-1] == 0 or size < _FAST_MIN_SIZE:
