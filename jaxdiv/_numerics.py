@@ -480,20 +480,29 @@ def _masked_pair(a: Array, b: Array, where: Array | None):
   return _mask(_up(a, dt), where), _mask(_up(b, dt), where)
 
 
-def _kl_rows(a: Array, b: Array, where: Array | None, tiny: bool = False):
+def _pair_sums(a: Array, b: Array, where: Array | None, tiny: bool, term, inf: float):
+  """Exact rows of the two-logit kernels: ``(sa, sb, t, lse_a, lse_b)``.
+
+  ``sa = sum e^da``, ``sb = sum e^db`` for the logits shifted by their exact maxima, and
+  ``t = sum_i e^da_i term(da_i, db_i)``: 0 where ``p_i = 0`` (also where ``q_i = 0``),
+  ``inf`` (the caller's sign) where ``p_i > 0 = q_i``, even where the exponential
+  underflows (:func:`_underflowed_inf`). One select per category, which keeps [8, 10]
+  under XLA's inline line (:func:`_row_sums`).
+  """
   a, b = _masked_pair(a, b, where)
   da, ma = _shift(a)
   db, mb = _shift(b)
   ea, eb = jnp.exp(da), jnp.exp(db)
-  # p_i (log p_i - log q_i) up to the per-row constant: 0 where p_i = 0 (also where
-  # q_i = 0), +inf where p_i > 0 = q_i (even where exp underflows: _underflowed_inf).
-  # One select per category, which keeps [8, 10] under XLA's inline line (_row_sums).
-  diff = jnp.where(a == -jnp.inf, jnp.zeros_like(ea), ea * (da - db))
-  sa, sb, t = _row_sums((ea, eb, diff), tiny)
+  terms = jnp.where(a == -jnp.inf, jnp.zeros_like(ea), ea * term(da, db))
+  sa, sb, t = _row_sums((ea, eb, terms), tiny)
   sa, sb = _empty_to_one(sa, where), _empty_to_one(sb, where)
-  t = _underflowed_inf(t, jnp.inf)
-  kl = t / sa - jnp.log(sa / sb)
-  return kl, _lse(ma, sa), _lse(mb, sb)
+  return sa, sb, _underflowed_inf(t, inf), _lse(ma, sa), _lse(mb, sb)
+
+
+def _kl_rows(a: Array, b: Array, where: Array | None, tiny: bool = False):
+  # p_i (log p_i - log q_i) up to the per-row constant: e^da (da - db).
+  sa, sb, t, lse_a, lse_b = _pair_sums(a, b, where, tiny, lambda da, db: da - db, jnp.inf)
+  return t / sa - jnp.log(sa / sb), lse_a, lse_b
 
 
 def _kl_exact(a: Array, b: Array, where: Array | None):
@@ -553,16 +562,9 @@ def _ce_fast(a: Array, b: Array, shift: bool = True):
 
 
 def _ce_rows(a: Array, b: Array, where: Array | None, tiny: bool = False):
-  a, b = _masked_pair(a, b, where)
-  da, ma = _shift(a)
-  db, mb = _shift(b)
-  ea, eb = jnp.exp(da), jnp.exp(db)
-  # p_i (b_i - max b): 0 where p_i = 0, -inf where p_i > 0 = q_i (as in _kl_rows).
-  pb = jnp.where(a == -jnp.inf, jnp.zeros_like(ea), ea * db)
-  sa, sb, t = _row_sums((ea, eb, pb), tiny)
-  sa, sb = _empty_to_one(sa, where), _empty_to_one(sb, where)
-  ce = jnp.log(sb) - _underflowed_inf(t, -jnp.inf) / sa
-  return ce, _lse(ma, sa), _lse(mb, sb)
+  # p_i (b_i - max b) up to the per-row constant: e^da db.
+  sa, sb, t, lse_a, lse_b = _pair_sums(a, b, where, tiny, lambda da, db: db, -jnp.inf)
+  return jnp.log(sb) - t / sa, lse_a, lse_b
 
 
 def _ce_exact(a: Array, b: Array, where: Array | None):
@@ -756,11 +758,6 @@ def _pick(b: Array, labels: Array) -> Array:
   return jnp.take_along_axis(b, labels[..., None], axis=-1)[..., 0]
 
 
-def _nll(lse: Array, picked: Array) -> Array:
-  """``lse - picked``, ``+inf`` where the picked logit is ``-inf`` (also in a -inf row)."""
-  return jnp.where(picked == -jnp.inf, jnp.full_like(lse, jnp.inf), lse - picked)
-
-
 def _labels_fast(labels: Array, b: Array, shift: bool = True):
   dt = _dtype(b)
   m, s, b = _fast_sum(b, shift, dt)
@@ -771,7 +768,9 @@ def _labels_fast(labels: Array, b: Array, shift: bool = True):
 def _labels_exact(labels: Array, b: Array, where: Array | None):
   b = _mask(_up(b, _dtype(b)), where)
   lse = _masked_lse(b, where)
-  return _nll(lse, _pick(b, labels)), lse
+  picked = _pick(b, labels)
+  # +inf where the picked logit is -inf (also in a row of only -inf).
+  return jnp.where(picked == -jnp.inf, jnp.full_like(lse, jnp.inf), lse - picked), lse
 
 
 @jax.custom_jvp
