@@ -17,6 +17,7 @@ from jaxdiv._closed_forms import normal_cross_entropy as normal_cross_entropy
 from jaxdiv._closed_forms import normal_entropy as normal_entropy
 from jaxdiv._closed_forms import normal_kl_divergence as normal_kl_divergence
 from jaxdiv._estimators import kl_estimate as kl_estimate
+from jaxdiv._estimators import sequence_kl_penalty as sequence_kl_penalty
 from jaxdiv._f_divergences import alpha_divergence as alpha_divergence
 from jaxdiv._f_divergences import bhattacharyya_coefficient as bhattacharyya_coefficient
 from jaxdiv._f_divergences import bhattacharyya_distance as bhattacharyya_distance

@@ -188,3 +188,165 @@ def test_jit_vmap_and_gradient_finite():
     g = jax.jit(jax.vmap(jax.grad(f)))(ys)
     h = jax.jit(jax.vmap(jax.hessian(f)))(ys)
     assert bool(jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h))), (e, g, h)
+
+
+# --- sequence_kl_penalty: per-token KL with the sequence-level gradient ------------------
+
+
+def _tables(rng, num_tokens, horizon, scale=1.0):
+  """Tabular autoregressive logits: one [K^t, K] table per position t (prefixes in base K)."""
+  return [scale * rng.normal(size=(num_tokens**t, num_tokens)) for t in range(horizon)]
+
+
+def _all_sequences(num_tokens, horizon):
+  """Every sequence (lexicographic), and the prefix index of each position: [N, T] each."""
+  n = num_tokens**horizon
+  idx = np.arange(n)
+  tokens = np.stack(
+    [(idx // num_tokens ** (horizon - 1 - t)) % num_tokens for t in range(horizon)], 1
+  )
+  prefix = np.stack([idx // num_tokens ** (horizon - t) for t in range(horizon)], 1)
+  return jnp.asarray(tokens), jnp.asarray(prefix)
+
+
+def _logits_at(tables, prefix):
+  """[N, T, K] logits at each sequence's prefixes."""
+  return jnp.stack([tab[prefix[:, t]] for t, tab in enumerate(tables)], 1)
+
+
+def _joint_log_prob(tables, tokens, prefix):
+  lp = jax.nn.log_softmax(_logits_at(tables, prefix), axis=-1)
+  return jnp.sum(jnp.take_along_axis(lp, tokens[..., None], axis=-1)[..., 0], axis=-1)
+
+
+def test_sequence_kl_penalty_value_is_the_per_token_kl():
+  rng = np.random.default_rng(10)
+  p, q = rng.normal(size=(2, 4, 5, 6))
+  tokens = rng.integers(0, 6, size=(4, 5))
+  mask = rng.random((4, 5)) < 0.7
+  v = jaxdiv.sequence_kl_penalty(p, q, tokens, mask=mask)
+  ref = jnp.where(mask, jaxdiv.kl_divergence(p_logits=p, q_logits=q), 0.0)
+  np.testing.assert_array_equal(v, ref)
+  np.testing.assert_allclose(
+    jaxdiv.sequence_kl_penalty(p, q, tokens, base=2),
+    jaxdiv.kl_divergence(p_logits=p, q_logits=q) / math.log(2),
+    rtol=1e-14,
+  )
+
+
+def test_sequence_kl_penalty_expectation_is_the_sequence_kl_and_its_gradient():
+  """Exact expectation over all K^T sequences (float64): value and gradient in p and q."""
+  k, horizon = 3, 3
+  rng = np.random.default_rng(11)
+  p_tab, q_tab = _tables(rng, k, horizon), _tables(rng, k, horizon)
+  tokens, prefix = _all_sequences(k, horizon)
+
+  def expected(p_tab, q_tab, penalty):
+    weight = jax.lax.stop_gradient(jnp.exp(_joint_log_prob(p_tab, tokens, prefix)))
+    pl, ql = _logits_at(p_tab, prefix), _logits_at(q_tab, prefix)
+    return jnp.sum(weight * jnp.sum(penalty(pl, ql), axis=-1))
+
+  ours = lambda pl, ql: jaxdiv.sequence_kl_penalty(pl, ql, tokens)  # noqa: E731
+  per_token = lambda pl, ql: jaxdiv.kl_divergence(p_logits=pl, q_logits=ql)  # noqa: E731
+
+  def sequence_kl(p_tab, q_tab):
+    return jaxdiv.kl_divergence(
+      p_logits=_joint_log_prob(p_tab, tokens, prefix),
+      q_logits=_joint_log_prob(q_tab, tokens, prefix),
+    )
+
+  @jax.jit
+  def both(p_tab, q_tab):
+    value_and_grad = jax.value_and_grad(expected, argnums=(0, 1))
+    return (
+      value_and_grad(p_tab, q_tab, ours),
+      jax.value_and_grad(sequence_kl, argnums=(0, 1))(p_tab, q_tab),
+      jax.grad(expected)(p_tab, q_tab, per_token),
+    )
+
+  (v_ours, g_ours), (v_true, g_true), g_part = both(p_tab, q_tab)
+  np.testing.assert_allclose(v_ours, v_true, rtol=1e-12)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_true), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+  # Without the score term only the per-token part remains: a different vector in p.
+  gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(g_part, g_true[0], strict=True))
+  assert gap > 1e-2
+
+
+def test_sequence_kl_penalty_mask_equals_slicing():
+  """Masked prompt positions and padding: the same values and gradient as the sliced arrays."""
+  rng = np.random.default_rng(12)
+  p, q = rng.normal(size=(2, 3, 7, 4))
+  tokens = rng.integers(0, 4, size=(3, 7))
+  mask = np.zeros((3, 7), bool)
+  mask[:, 2:5] = True
+  garbage = np.where(mask, tokens, 99)  # unread where masked
+
+  def f(z):
+    return jaxdiv.sequence_kl_penalty(z, q, garbage, mask=jnp.asarray(mask))
+
+  def f_sliced(z):
+    return jaxdiv.sequence_kl_penalty(z, q[:, 2:5], tokens[:, 2:5])
+
+  @jax.jit
+  def both(p):
+    full = jax.value_and_grad(lambda z: f(z).sum(), has_aux=False)
+    sliced = jax.value_and_grad(lambda z: f_sliced(z).sum())
+    return f(p), f_sliced(p[:, 2:5]), full(p)[1], sliced(p[:, 2:5])[1]
+
+  v, v_sliced, g, g_sliced = both(p)
+  np.testing.assert_array_equal(v[:, 2:5], v_sliced)
+  np.testing.assert_array_equal(v[:, ~mask[0]], 0.0)
+  np.testing.assert_allclose(g[:, 2:5], g_sliced, rtol=1e-14, atol=1e-16)
+  np.testing.assert_array_equal(g[:, ~mask[0]], 0.0)
+
+
+def test_sequence_kl_penalty_one_position_is_kl_divergence():
+  rng = np.random.default_rng(13)
+  p, q = rng.normal(size=(2, 5, 1, 3))
+  tokens = rng.integers(0, 3, size=(5, 1))
+  f = lambda z: jaxdiv.sequence_kl_penalty(z, q, tokens).sum()  # noqa: E731
+  g = lambda z: jaxdiv.kl_divergence(p_logits=z, q_logits=q).sum()  # noqa: E731
+  ours, ref = jax.jit(lambda z: (jax.grad(f)(z), jax.grad(g)(z)))(p)
+  np.testing.assert_array_equal(ours, ref)
+
+
+def test_sequence_kl_penalty_edges_infinite_later_term_and_ruled_out_categories():
+  ninf = -jnp.inf
+  p = jnp.array([[0.3, -0.2, 0.1], [0.5, 0.0, 1.0], [0.0, ninf, 0.4]])
+  q = jnp.array([[0.0, 0.0, 0.0], [0.0, 0.0, ninf], [0.1, 0.2, 0.3]])
+  tokens = jnp.array([2, 0, 0])
+  f = lambda z: jaxdiv.sequence_kl_penalty(z, q[2:], tokens[2:]).sum()  # noqa: E731
+
+  @jax.jit
+  def all_of_it(p):
+    return (
+      jaxdiv.sequence_kl_penalty(p, q, tokens),
+      jaxdiv.kl_divergence(p_logits=p, q_logits=q),
+      jax.value_and_grad(f)(p[2:]),
+      jax.vmap(jaxdiv.sequence_kl_penalty)(p[None], q[None], tokens[None])[0],
+    )
+
+  v, kl, (f_value, f_grad), batched = all_of_it(p)
+  # q rules out a token p allows at t = 1: inf there, the value elsewhere untouched.
+  np.testing.assert_array_equal(v, kl)
+  assert v[1] == jnp.inf and bool(jnp.all(jnp.isfinite(v[jnp.array([0, 2])])))
+  # p rules out a category (a -inf logit): the value and gradient stay finite.
+  assert bool(jnp.isfinite(f_value) & jnp.all(jnp.isfinite(f_grad)))
+  np.testing.assert_array_equal(batched, v)
+
+
+def test_sequence_kl_penalty_bad_input_names_the_problem():
+  z = jnp.zeros((2, 3, 4))
+  with pytest.raises(TypeError, match="`tokens` must be integers"):
+    jaxdiv.sequence_kl_penalty(z, z, jnp.zeros((2, 3)))
+  with pytest.raises(ValueError, match=r"`tokens` with shape \(2, 4\) must match .*\(2, 3\)"):
+    jaxdiv.sequence_kl_penalty(z, z, jnp.zeros((2, 4), int))
+  with pytest.raises(ValueError, match=r"position and a category axis.*shape \(4,\)"):
+    jaxdiv.sequence_kl_penalty(jnp.zeros(4), jnp.zeros(4), jnp.zeros((), int))
+  with pytest.raises(TypeError, match="`mask` must be bool"):
+    jaxdiv.sequence_kl_penalty(z, z, jnp.zeros((2, 3), int), mask=jnp.ones((2, 3)))
+  with pytest.raises(ValueError, match=r"`mask` with shape \(3, 3\)"):
+    jaxdiv.sequence_kl_penalty(z, z, jnp.zeros((2, 3), int), mask=jnp.ones((3, 3), bool))
+  with pytest.raises(ValueError, match=r"cannot broadcast `p_logits`"):
+    jaxdiv.sequence_kl_penalty(z, jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), int))
