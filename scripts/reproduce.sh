@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up .venv (if needed), then regenerate every result (results/*.json) and every
-# figure (docs/figures/) from scratch. Extra arguments go to every experiment.
+# Set up .venv (if needed), then regenerate every result (docs/results/*.json, committed so
+# that the numbers the docs quote can be checked) and every figure (docs/figures/) from
+# scratch. Extra arguments go to every experiment.
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 export MPLBACKEND=Agg
-RESULTS="$ROOT/results"
+RESULTS="$ROOT/docs/results"
 FIGURES="$ROOT/docs/figures"
 mkdir -p "$RESULTS" "$FIGURES"
 EXPERIMENTS=(blog_example ce_vs_kl forward_vs_reverse kl_estimators)
