@@ -21,401 +21,19 @@ functions raise. Use the core functions (:func:`jaxdiv.cross_entropy`,
 from __future__ import annotations
 
 import operator
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.typing import ArrayLike
 
 from jaxdiv import _inputs, _numerics
+from jaxdiv import _fused_losses as L
 
 Array = jax.Array
 
 _DEFAULT_CHUNK = 4096
 _DEFAULT_TOKEN_CHUNK = 1024
-
-# ---------------------------------------------------------------------------
-# Blocked loops
-# ---------------------------------------------------------------------------
-
-
-class _Range(NamedTuple):
-  """A block ``[start, start + size)`` of rows or categories."""
-
-  start: Array | int  # traced inside a loop
-  size: int  # static
-  valid: Array | None  # [size] bool: False where an earlier block already covered the position
-
-
-def _loop(total: int, size: int, body, carry):
-  """``body(block, carry)`` over ``[0, total)`` in blocks of ``size <= total``.
-
-  One ``fori_loop`` whose body is traced once, whatever ``total % size``: when ``size``
-  does not divide ``total`` the last block is shifted back to end at ``total`` (so no
-  input is padded or copied) and its ``valid`` mask marks the positions it adds; the body
-  must leave the others out (a category as ``-inf``, a row with zero cotangent). A single
-  block needs no loop at all.
-  """
-  num_blocks, rem = -(-total // size), total % size
-  if num_blocks == 0:
-    return carry
-  if num_blocks == 1:
-    return body(_Range(0, size, None), carry)
-
-  def step(i, carry):
-    start = i * size
-    if not rem:
-      return body(_Range(start, size, None), carry)
-    shifted = jnp.minimum(start, total - size)
-    return body(_Range(shifted, size, shifted + jnp.arange(size) >= start), carry)
-
-  return lax.fori_loop(0, num_blocks, step, carry)
-
-
-class _Side(NamedTuple):
-  """One distribution: ``hidden @ weight`` (``hidden`` in the compute dtype) or logits."""
-
-  hidden: Array | None  # [N, D]
-  weight: Array | None  # [D, V]
-  logits: Array | None  # [N, V]
-
-
-def _block(side: _Side, rows: _Range, cols: _Range, mask, dtype) -> Array:
-  """Logits of a block of rows and categories; ``-inf`` where masked or already covered."""
-  if side.logits is not None:
-    z = lax.dynamic_slice(side.logits, (rows.start, cols.start), (rows.size, cols.size))
-    z = z.astype(dtype)
-  else:
-    h = lax.dynamic_slice_in_dim(side.hidden, rows.start, rows.size, 0)
-    w = lax.dynamic_slice_in_dim(side.weight, cols.start, cols.size, 1).astype(dtype)
-    z = jnp.dot(h, w, preferred_element_type=dtype)
-  keep = cols.valid
-  if mask is not None:
-    m = lax.dynamic_slice_in_dim(mask, cols.start, cols.size)
-    keep = m if keep is None else keep & m
-  if keep is not None:
-    z = jnp.where(keep, z, -jnp.inf)
-  return z
-
-
-def _finite_or_zero(x: Array) -> Array:
-  return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
-
-
-def _lse_update(m: Array, s: Array, z: Array):
-  """Online log-sum-exp: fold block ``z`` [n, c] into the running max ``m`` and sum ``s``."""
-  m_new = jnp.maximum(m, jnp.max(z, axis=-1))
-  ms = _finite_or_zero(m_new)
-  s = s * jnp.exp(m - ms) + jnp.sum(jnp.exp(z - ms[:, None]), axis=-1)
-  return m_new, s, ms
-
-
-# ---------------------------------------------------------------------------
-# The fused kernel: forward statistics and a recomputing backward pass
-#
-# kind "ce": q = softmax(q logits) against integer labels (p is one-hot).
-# kind "kl": KL(p || q), one pass with running sums a = sum exp(z_p - m_p) (z_p - z_q).
-# kind "js": weighted Jensen-Shannon, two passes (log-normalisers, then the mixture).
-# ---------------------------------------------------------------------------
-
-
-class _Static(NamedTuple):
-  kind: str
-  vocab_chunk: int
-  token_chunk: int
-
-
-def _forward(st: _Static, p: _Side | None, q: _Side, labels, where, w):
-  """Per-row loss and the O(N) statistics the backward pass needs."""
-  num_rows = (q.hidden if q.hidden is not None else q.logits).shape[0]
-  num_v = q.weight.shape[1] if q.logits is None else q.logits.shape[1]
-  dtype = _dtype(p, q)
-  zeros = jnp.zeros((num_rows,), dtype)
-  kind = st.kind
-
-  def rows(rr, out):
-    n = rr.size
-
-    def init():
-      return jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype)
-
-    if kind == "ce":
-
-      def body(cc, carry):
-        m, s, _ = _lse_update(*carry, _block(q, rr, cc, where, dtype))
-        return m, s
-
-      m, s = _loop(num_v, st.vocab_chunk, body, init())
-      stats = (m + jnp.log(s),)
-    elif kind == "kl":
-
-      def body(cc, carry):
-        mp, sp, a, hit, mq, sq = carry
-        zp = _block(p, rr, cc, where, dtype)
-        zq = _block(q, rr, cc, where, dtype)
-        scale = jnp.exp(mp - _finite_or_zero(jnp.maximum(mp, jnp.max(zp, axis=-1))))
-        mp, sp, mps = _lse_update(mp, sp, zp)
-        mq, sq, _ = _lse_update(mq, sq, zq)
-        p_zero, q_zero = zp == -jnp.inf, zq == -jnp.inf
-        diff = jnp.where(p_zero | q_zero, jnp.zeros_like(zp), zp - zq)
-        a = a * scale + jnp.sum(jnp.exp(zp - mps[:, None]) * diff, axis=-1)
-        hit = hit | jnp.any(q_zero & ~p_zero, axis=-1)
-        return mp, sp, a, hit, mq, sq
-
-      mp, sp = init()
-      mq, sq = init()
-      carry = (mp, sp, jnp.zeros((n,), dtype), jnp.zeros((n,), bool), mq, sq)
-      mp, sp, a, hit, mq, sq = _loop(num_v, st.vocab_chunk, body, carry)
-      lse_p, lse_q = mp + jnp.log(sp), mq + jnp.log(sq)
-      kl = jnp.where(hit, jnp.inf, a / sp - lse_p + lse_q)
-      if where is not None:
-        kl = jnp.where(jnp.any(where), kl, jnp.zeros_like(kl))
-      stats = (lse_p, lse_q, kl)
-    else:  # "js"
-
-      def body1(cc, carry):
-        mp, sp, mq, sq = carry
-        mp, sp, _ = _lse_update(mp, sp, _block(p, rr, cc, where, dtype))
-        mq, sq, _ = _lse_update(mq, sq, _block(q, rr, cc, where, dtype))
-        return mp, sp, mq, sq
-
-      mp, sp, mq, sq = _loop(num_v, st.vocab_chunk, body1, init() + init())
-      lse_p, lse_q = mp + jnp.log(sp), mq + jnp.log(sq)
-
-      def body2(cc, carry):
-        kl_pm, kl_qm = carry
-        t_p, t_q, _, _, _, _ = _js_terms(p, q, rr, cc, where, dtype, lse_p, lse_q, w)
-        return kl_pm + jnp.sum(t_p, axis=-1), kl_qm + jnp.sum(t_q, axis=-1)
-
-      kl_pm, kl_qm = _loop(num_v, st.vocab_chunk, body2, (jnp.zeros((n,), dtype),) * 2)
-      stats = (lse_p, lse_q, kl_pm, kl_qm)
-    if rr.valid is not None:  # a shifted last block keeps the rows written before
-      old = [lax.dynamic_slice_in_dim(o, rr.start, n) for o in out]
-      stats = tuple(jnp.where(rr.valid, x, o) for x, o in zip(stats, old, strict=True))
-    pairs = zip(out, stats, strict=True)
-    return tuple(lax.dynamic_update_slice_in_dim(o, x, rr.start, 0) for o, x in pairs)
-
-  n_stats = {"ce": 1, "kl": 3, "js": 4}[kind]
-  stats = _loop(num_rows, st.token_chunk, rows, (zeros,) * n_stats)
-
-  if kind == "ce":
-    (lse,) = stats
-    ignored, out_of_range, index = _label_mask(labels, num_v, where)
-    w_label = jnp.take(q.weight, index, axis=1).astype(dtype)  # [D, N]
-    z_label = jnp.einsum("nd,dn->n", q.hidden, w_label)
-    loss = jnp.where(ignored, jnp.zeros_like(lse), lse - z_label)
-    loss = jnp.where(out_of_range, jnp.full_like(loss, jnp.nan), loss)
-  elif kind == "kl":
-    loss = stats[2]
-  else:
-    _, _, kl_pm, kl_qm = stats
-    loss = _js_combine(w, kl_pm, kl_qm)
-  return loss, stats
-
-
-def _label_mask(labels, num_v, where):
-  """:func:`jaxdiv._inputs.label_mask` with a ``[V]`` mask: excluded labels are ignored."""
-  ignored, out_of_range, index = _inputs.label_mask(labels, num_v, None)
-  if where is not None:
-    ignored = ignored | ~where[index]
-  return ignored, out_of_range, index
-
-
-def _js_combine(w, kl_pm, kl_qm):
-  """``w KL(p||m) + (1 - w) KL(q||m)``, a term with zero weight counting as 0 (not 0 inf)."""
-  a = jnp.where(w == 0, jnp.zeros_like(kl_pm), w * kl_pm)
-  b = jnp.where(w == 1, jnp.zeros_like(kl_qm), (1 - w) * kl_qm)
-  return a + b
-
-
-def _js_terms(p, q, rr, cc, where, dtype, lse_p, lse_q, w):
-  """Blockwise ``p (log p - log m)``, ``q (log q - log m)`` and the log-probabilities."""
-  zp = _block(p, rr, cc, where, dtype)
-  zq = _block(q, rr, cc, where, dtype)
-  log_p = zp - _finite_or_zero(lse_p)[:, None]
-  log_q = zq - _finite_or_zero(lse_q)[:, None]
-  log_m = jnp.logaddexp(jnp.log(w) + log_p, jnp.log1p(-w) + log_q)
-  pr, qr = jnp.exp(log_p), jnp.exp(log_q)
-  t_p = jnp.where(pr == 0, jnp.zeros_like(pr), pr * (log_p - log_m))
-  t_q = jnp.where(qr == 0, jnp.zeros_like(qr), qr * (log_q - log_m))
-  return t_p, t_q, pr, qr, log_p - log_m, log_q - log_m
-
-
-def _backward(st: _Static, p, q, labels, where, w, stats, g, needs):
-  """Cotangents of the per-row loss, recomputing one block of logits at a time."""
-  num_rows = (q.hidden if q.hidden is not None else q.logits).shape[0]
-  num_v = q.weight.shape[1] if q.logits is None else q.logits.shape[1]
-  dtype = _dtype(p, q)
-  kind = st.kind
-  g = g.astype(dtype)
-  sides = {"p": p, "q": q}
-  keys = sorted(k for k in needs if k[0] != "w")  # e.g. ("q", "hidden")
-  need_p = any(k[0] == "p" for k in keys)
-  need_q = any(k[0] == "q" for k in keys)
-
-  if kind == "ce":
-    ignored, out_of_range, index = _label_mask(labels, num_v, where)
-    g = jnp.where(ignored | out_of_range, jnp.zeros_like(g), g)
-
-  def grads_block(rr, cc):
-    gr = lax.dynamic_slice_in_dim(g, rr.start, rr.size)[:, None]
-    st_r = [lax.dynamic_slice_in_dim(x, rr.start, rr.size) for x in stats]
-    if kind == "ce":
-      zq = _block(q, rr, cc, where, dtype)
-      return {"q": gr * jnp.exp(zq - _finite_or_zero(st_r[0])[:, None])}
-    if kind == "kl":
-      lse_p, lse_q, kl = st_r
-      zp = _block(p, rr, cc, where, dtype)
-      zq = _block(q, rr, cc, where, dtype)
-      log_p = zp - _finite_or_zero(lse_p)[:, None]
-      log_q = zq - _finite_or_zero(lse_q)[:, None]
-      pr, qr = jnp.exp(log_p), jnp.exp(log_q)
-      out = {"q": gr * (qr - pr)}
-      if need_p:
-        coef = jnp.where(pr == 0, jnp.zeros_like(pr), pr * (log_p - log_q - kl[:, None]))
-        out["p"] = gr * coef
-      return out
-    lse_p, lse_q, kl_pm, kl_qm = st_r
-    _, _, pr, qr, d_p, d_q = _js_terms(p, q, rr, cc, where, dtype, lse_p, lse_q, w)
-    out = {}
-    if need_p:
-      coef = jnp.where(pr == 0, jnp.zeros_like(pr), pr * (d_p - kl_pm[:, None]))
-      out["p"] = jnp.where(w == 0, jnp.zeros_like(coef), gr * w * coef)
-    if need_q:
-      coef = jnp.where(qr == 0, jnp.zeros_like(qr), qr * (d_q - kl_qm[:, None]))
-      out["q"] = jnp.where(w == 1, jnp.zeros_like(coef), gr * (1 - w) * coef)
-    return out
-
-  def init(name, part):
-    s = sides[name]
-    if part == "hidden":
-      return jnp.zeros(s.hidden.shape, dtype)
-    if part == "weight":
-      return jnp.zeros(s.weight.shape, dtype)
-    return jnp.zeros(s.logits.shape, s.logits.dtype)
-
-  acc = {k: init(*k) for k in keys}
-
-  # Every update is additive, so that a shifted last block (rows or categories it shares
-  # with the previous block left out: zero cotangent, -inf logits) adds exactly zero there.
-  def rows(rr, acc):
-    n = rr.size
-    dh = {k: jnp.zeros((n, sides[k[0]].hidden.shape[1]), dtype) for k in keys if k[1] == "hidden"}
-
-    def body(cc, carry):
-      acc, dh = carry
-      dz = grads_block(rr, cc)
-      if rr.valid is not None:
-        dz = {k: jnp.where(rr.valid[:, None], v, jnp.zeros_like(v)) for k, v in dz.items()}
-      acc, dh = dict(acc), dict(dh)
-      r0, v0, c = rr.start, cc.start, cc.size
-      for k in keys:
-        name, part = k
-        if name not in dz:
-          continue
-        s = sides[name]
-        if part == "logits":
-          old = lax.dynamic_slice(acc[k], (r0, v0), (n, c))
-          upd = old + dz[name].astype(s.logits.dtype)
-          acc[k] = lax.dynamic_update_slice(acc[k], upd, (r0, v0))
-        elif part == "hidden":
-          w_blk = lax.dynamic_slice_in_dim(s.weight, v0, c, 1).astype(dtype)
-          dh[k] = dh[k] + jnp.dot(dz[name], w_blk.T, preferred_element_type=dtype)
-        else:
-          h_blk = lax.dynamic_slice_in_dim(s.hidden, r0, n, 0)
-          old = lax.dynamic_slice(acc[k], (0, v0), (s.weight.shape[0], c))
-          upd = old + jnp.dot(h_blk.T, dz[name], preferred_element_type=dtype)
-          acc[k] = lax.dynamic_update_slice(acc[k], upd, (0, v0))
-      return acc, dh
-
-    acc, dh = _loop(num_v, st.vocab_chunk, body, (acc, dh))
-    acc = dict(acc)
-    for k, v in dh.items():
-      old = lax.dynamic_slice_in_dim(acc[k], rr.start, n, 0)
-      acc[k] = lax.dynamic_update_slice_in_dim(acc[k], old + v, rr.start, 0)
-    return acc
-
-  acc = _loop(num_rows, st.token_chunk, rows, acc) if keys else {}
-
-  if kind == "ce":  # the one-hot part of softmax(z) - onehot(label), outside the loops
-    if ("q", "hidden") in acc:
-      w_label = jnp.take(q.weight, index, axis=1).astype(dtype)  # [D, N]
-      acc["q", "hidden"] = acc["q", "hidden"] - g[:, None] * w_label.T
-    if ("q", "weight") in acc:
-      acc["q", "weight"] = acc["q", "weight"].at[:, index].add(-(g[:, None] * q.hidden).T)
-  dw = None
-  if kind == "js" and ("w", "mix") in needs:
-    _, _, kl_pm, kl_qm = stats
-    dw = jnp.sum(g * (kl_pm - kl_qm)).astype(jnp.result_type(w))
-  return acc, dw
-
-
-def _dtype(p, q):
-  arrays = [x for s in (p, q) if s is not None for x in s if x is not None]
-  return _numerics.compute_dtype(jnp.result_type(*arrays))
-
-
-def _sides(p_h, p_w, p_z, q_h, q_w, q_z, dtype):
-  def side(h, w, z):
-    if h is None and z is None:
-      return None
-    return _Side(None if h is None else h.astype(dtype), w, z)
-
-  return side(p_h, p_w, p_z), side(q_h, q_w, q_z)
-
-
-def _primal(st, vals):
-  arrays = [x for x in vals[:6] if x is not None]
-  dtype = _numerics.compute_dtype(jnp.result_type(*arrays))
-  p, q = _sides(*vals[:6], dtype)
-  return p, q, _forward(st, p, q, *vals[6:])
-
-
-def _fused_impl(st, p_h, p_w, p_z, q_h, q_w, q_z, labels, where, w):
-  return _primal(st, (p_h, p_w, p_z, q_h, q_w, q_z, labels, where, w))[2][0]
-
-
-def _fused_fwd(st, p_h, p_w, p_z, q_h, q_w, q_z, labels, where, w):
-  names = (("p", "hidden"), ("p", "weight"), ("p", "logits"))
-  names += (("q", "hidden"), ("q", "weight"), ("q", "logits"))
-  args = (p_h, p_w, p_z, q_h, q_w, q_z)
-  needs = {k: None for k, a in zip(names, args, strict=True) if a is not None and a.perturbed}
-  if w is not None and w.perturbed:
-    needs["w", "mix"] = None
-  vals = tuple(None if a is None else a.value for a in (*args, labels, where, w))
-  _, _, (loss, stats) = _primal(st, vals)
-  return loss, (vals, stats, needs)
-
-
-def _fused_bwd(st, res, g):
-  vals, stats, needs = res
-  arrays = [x for x in vals[:6] if x is not None]
-  dtype = _numerics.compute_dtype(jnp.result_type(*arrays))
-  p, q = _sides(*vals[:6], dtype)
-  acc, dw = _backward(st, p, q, *vals[6:], stats, g, needs)
-  out = []
-  for i, key in enumerate(
-    (
-      ("p", "hidden"),
-      ("p", "weight"),
-      ("p", "logits"),
-      ("q", "hidden"),
-      ("q", "weight"),
-      ("q", "logits"),
-    )
-  ):
-    out.append(acc[key].astype(vals[i].dtype) if key in acc else None)
-  return (*out, None, None, dw)
-
-
-_fused_vjp = jax.custom_vjp(_fused_impl, nondiff_argnums=(0,))
-_fused_vjp.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
-# Jitted, so that a call outside jit compiles the loops once per configuration instead of
-# dispatching them primitive by primitive.
-_fused = jax.jit(_fused_vjp, static_argnums=0)
-
 
 # ---------------------------------------------------------------------------
 # Public API: argument checks, flattening of batch dimensions, base conversion
@@ -497,11 +115,12 @@ def _where(fn: str, where, num_v: int):
   return where
 
 
-def _static(fn, kind, num_rows, num_v, chunk_size, token_chunk_size) -> _Static:
+def _static(fn, loss, num_rows, num_v, chunk_size, token_chunk_size, **flags) -> L.Static:
   vc = min(_chunk(fn, "chunk_size", chunk_size, _DEFAULT_CHUNK), max(num_v, 1))
   tc = _chunk(fn, "token_chunk_size", token_chunk_size, _DEFAULT_TOKEN_CHUNK)
   tc = min(tc, max(num_rows, 1))
-  return _Static(kind, vc, max(tc, 1))
+  flags = {k: flags.get(k, False) for k in ("soft_cap", "temperature", "z_loss", "smoothing")}
+  return L.Static(loss, vc, max(tc, 1), **flags)
 
 
 def _pair(fn, p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits, where):
@@ -599,9 +218,9 @@ def linear_cross_entropy(
   batch, num_v = h.shape[:-1], w.shape[1]
   where = _where(fn, where, num_v)
   num_rows = int(np.prod(batch, dtype=np.int64))
-  st = _static(fn, "ce", num_rows, num_v, chunk_size, token_chunk_size)
+  st = _static(fn, L.CrossEntropy, num_rows, num_v, chunk_size, token_chunk_size)
   hf, _, _ = _flat(h, w, None)
-  loss = _fused(st, None, None, None, hf, w, None, labels.reshape(-1), where, None)
+  loss = L.fused(st, (None, None, None, hf, w, None), labels.reshape(-1), where, {})
   return _inputs.apply_base(loss.reshape(batch), base)
 
 
@@ -679,8 +298,8 @@ def linear_kl_divergence(
     fn, p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits, where
   )
   num_rows = int(np.prod(batch, dtype=np.int64))
-  st = _static(fn, "kl", num_rows, num_v, chunk_size, token_chunk_size)
-  loss = _fused(st, *p, *q, None, where, None)
+  st = _static(fn, L.KL, num_rows, num_v, chunk_size, token_chunk_size)
+  loss = L.fused(st, (*p, *q), None, where, {})
   return _inputs.apply_base(loss.reshape(batch), base)
 
 
@@ -759,6 +378,6 @@ def linear_jensen_shannon_divergence(
   if jnp.ndim(w) != 0:
     raise ValueError(f"{fn}: `weight` must be a scalar, got shape {jnp.shape(w)}.")
   num_rows = int(np.prod(batch, dtype=np.int64))
-  st = _static(fn, "js", num_rows, num_v, chunk_size, token_chunk_size)
-  loss = _fused(st, *p, *q, None, where, w)
+  st = _static(fn, L.JensenShannon, num_rows, num_v, chunk_size, token_chunk_size)
+  loss = L.fused(st, (*p, *q), None, where, {"mix": w})
   return _inputs.apply_base(loss.reshape(batch), base)
