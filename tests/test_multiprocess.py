@@ -193,8 +193,14 @@ def test_a_failed_process_stops_the_others(tmp_path, how, who):
   if how == "raise":
     assert "RuntimeError: deliberate failure in process 0" in err
   other = 1 - who
-  # The survivor is stopped by JAX's coordination service, not by the launcher.
-  assert "Terminating process because the JAX distributed service detected fatal errors" in err
+  # The survivor stops by itself, not by the launcher: JAX's coordination service
+  # terminates it, or the collective it is in fails first (gloo sees the closed socket).
+  survivor = "\n".join(ln for ln in err.splitlines() if ln.startswith(f"[p{other}]"))
+  reasons = (
+    "Terminating process because the JAX distributed service detected fatal errors",
+    "Gloo all-reduce failed",
+  )
+  assert any(r in survivor for r in reasons), survivor[-3000:]
   # It aborts, or raises from inside the collective first; either way a non-zero end.
   summary = err[err.rindex(f"[multiprocess] process {other} ") :].splitlines()[0]
   assert "exited with code 0" not in summary and "ended by signal SIGKILL" not in summary, summary
