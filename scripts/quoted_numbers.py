@@ -9,7 +9,8 @@ A quoted number carries a marker right before it (invisible once rendered):
 
 FILE is relative to docs/results/; PATH is keys separated by dots (a key that itself
 contains dots, such as "0.1", is matched whole; integers index lists); an optional
-``*FACTOR`` scales the value (``*100`` for a percentage). The JSON value must round to the
+`` xFACTOR`` after a space scales the value (`` x100`` for a percentage; a ``*`` would be
+read as Markdown emphasis). The JSON value must round to the
 quoted number at its written precision (within half a unit of its last digit); a number
 written without "." or "e" must equal the value exactly. --fix keeps each number's
 precision and style. tests/test_readme.py runs the check.
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 NUMBER = r"[-−]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+−]?\d+)?"
 MARKER = re.compile(
-  r"<!--\s*json:\s*(?P<file>[^:\s]+):(?P<path>[^\s*]+?)(?:\*(?P<scale>[0-9.eE+-]+))?\s*-->"
+  r"<!--\s*json:\s*(?P<file>[^:\s]+):(?P<path>\S+?)(?:\s+x(?P<scale>[0-9.eE+-]+))?\s*-->"
   rf"(?P<number>{NUMBER})?"
 )
 
@@ -45,6 +46,7 @@ class Quote:
   text: str | None
   start: int  # offset of the number in the source text
   end: int
+  at_line_start: bool  # a line that starts with "<!--" is an HTML block, not a paragraph
 
 
 def documents() -> list[Path]:
@@ -67,6 +69,7 @@ def quotes(path: Path) -> list[Quote]:
         m["number"],
         m.start("number") if m["number"] else m.end(),
         m.end("number") if m["number"] else m.end(),
+        not text[text.rfind("\n", 0, m.start()) + 1 : m.start()].strip(),
       )
     )
   return out
@@ -136,6 +139,8 @@ def check() -> list[str]:
   for doc in documents():
     for q in quotes(doc):
       where = f"{doc.relative_to(ROOT)}:{q.line}: {q.file}:{q.path}"
+      if q.at_line_start:
+        problems.append(f"{where}: a marker must not start a line (Markdown reads it as HTML)")
       if q.text is None:
         problems.append(f"{where}: the marker is not followed by a number")
         continue
