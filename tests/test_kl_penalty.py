@@ -1,0 +1,138 @@
+"""experiments/kl_penalty.py in its quick configuration: the results contract and its claims."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import _io, kl_penalty
+
+QUICK = ["--quick", "--quiet"]
+FIGURES = ("kl_penalty_bias", "kl_penalty_training", "kl_penalty_policies")
+GRADIENT_KEYS = {"bias_norm", "bias_se", "num_samples", "predicted_bias_norm", "theory_unbiased"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("kl_penalty")
+  assert kl_penalty.main([*QUICK, "--out", str(out), "--no-plot"]) == 0  # 0: every claim holds
+  return out
+
+
+@pytest.fixture(scope="module")
+def results(quick_run):
+  return json.loads((quick_run / "kl_penalty.json").read_text())
+
+
+def _softmax(z):
+  e = np.exp(np.asarray(z) - np.max(z))
+  return e / e.sum()
+
+
+def _kl(p, q):
+  p, q = np.asarray(p), np.asarray(q)
+  return float(np.sum(np.where(p > 0, p * np.log(p / q), 0.0)))
+
+
+def test_results_contract_keys(results):
+  assert {"config", "versions", "bandit", "sequence", "claims", "all_claims_pass"} <= set(results)
+  assert {"jax", "optax", "jaxdiv"} <= set(results["versions"])
+  cfg, b, s = results["config"], results["bandit"], results["sequence"]
+  k = cfg["num_actions"]
+  assert {"beta", "rewards", "reference_logits", "gradient_logits", "gradient", "training"} <= set(
+    b
+  )
+  assert len(b["rewards"]) == len(b["reference_logits"]) == len(b["gradient_logits"]) == k
+  assert set(b["gradient"]) == set(b["training"]) == set(kl_penalty.BANDIT_VARIANTS)
+  assert set(kl_penalty.BANDIT_VARIANTS) == {
+    "exact",
+    "k1_reward",
+    "k3_reward",
+    "k1_loss",
+    "k2_loss",
+    "k3_loss",
+    "k3_straight_through_loss",
+  }
+  for v, row in b["gradient"].items():
+    assert GRADIENT_KEYS | {"std"} <= set(row), v
+    assert (
+      isinstance(row["theory_unbiased"], bool) and row["num_samples"] == cfg["gradient_samples"]
+    )
+    np.testing.assert_allclose(row["bias_se"], row["std"] / np.sqrt(row["num_samples"]))
+  for row in b["training"].values():
+    assert len(row["kl_to_optimum"]) == cfg["bandit_steps"] + 1 and len(row["final_logits"]) == k
+  n = cfg["num_tokens"] ** cfg["horizon"]
+  keys = {"beta", "horizon", "num_tokens", "rewards", "reference_sequence_probs", "training"}
+  assert keys <= set(s)
+  assert len(s["rewards"]) == len(s["reference_sequence_probs"]) == n and s["horizon"] >= 3
+  assert set(s["training"]) == set(kl_penalty.BANDIT_VARIANTS) | {"exact_sequence"}
+  for v, row in s["training"].items():
+    assert len(row["kl_to_optimum"]) == cfg["sequence_steps"] + 1
+    assert len(row["final_sequence_probs"]) == n, v
+
+
+def test_predicted_bias_is_the_closed_form(results):
+  """The recorded predictions against the formulas, recomputed here in numpy."""
+  b = results["bandit"]
+  pi, pr, beta = _softmax(b["gradient_logits"]), _softmax(b["reference_logits"]), b["beta"]
+  ell = np.log(pi) - np.log(pr)
+  grad_kl, grad_kl_rev = pi * (ell - pi @ ell), pi - pr
+  expected = {"k1_loss": grad_kl, "k3_loss": grad_kl - grad_kl_rev, "k3_reward": grad_kl_rev}
+  for v, row in b["gradient"].items():
+    norm = beta * np.linalg.norm(expected.get(v, 0.0 * pi))
+    np.testing.assert_allclose(row["predicted_bias_norm"], norm, rtol=1e-9, atol=1e-15)
+    assert row["theory_unbiased"] == (v not in expected)
+  exact = pi * (b["rewards"] - pi @ b["rewards"]) - beta * grad_kl  # gradient of J
+  np.testing.assert_allclose(b["exact_gradient"], exact, rtol=1e-9, atol=1e-15)
+
+
+def test_recorded_claims_hold(results):
+  claims, cfg = results["claims"], results["config"]
+  assert results["all_claims_pass"] and all(claims.values()), [
+    k for k, v in claims.items() if not v
+  ]
+  b, s = results["bandit"], results["sequence"]
+  for v, row in b["gradient"].items():  # the claims, re-derived from the recorded numbers
+    se = row["bias_se"]
+    if row["theory_unbiased"]:
+      assert row["bias_norm"] <= 3 * se, v
+    else:
+      assert abs(row["bias_norm"] - row["predicted_bias_norm"]) <= 3 * se, v
+      assert row["predicted_bias_norm"] > 3 * se, v
+  opt_b = _softmax(np.log(_softmax(b["reference_logits"])) + np.asarray(b["rewards"]) / b["beta"])
+  ref_s = np.asarray(s["reference_sequence_probs"])
+  opt_s = ref_s * np.exp(np.asarray(s["rewards"]) / s["beta"])
+  opt_s /= opt_s.sum()
+  np.testing.assert_allclose(ref_s.sum(), 1.0, rtol=1e-12)
+  for task, opt, final_key, unbiased, tol in (
+    (b, opt_b, "final_logits", kl_penalty.BANDIT_UNBIASED, cfg["bandit_tolerance"]),
+    (s, opt_s, "final_sequence_probs", kl_penalty.SEQUENCE_UNBIASED, cfg["sequence_tolerance"]),
+  ):
+    for v, row in task["training"].items():
+      final = row[final_key]
+      q = _softmax(final) if final_key == "final_logits" else np.asarray(final)
+      last = row["kl_to_optimum"][-1]
+      np.testing.assert_allclose(last, _kl(q, opt), rtol=1e-6, atol=1e-12)  # after the last update
+      assert row["kl_to_optimum"][0] > 10 * tol, v  # every run starts far from pi*
+      if v in unbiased:
+        assert last <= tol, v
+      else:
+        assert last > cfg["away_factor"] * tol, v
+
+
+def test_rerun_is_byte_identical_and_figures_come_from_the_json(quick_run, tmp_path):
+  assert kl_penalty.main([*QUICK, "--out", str(tmp_path), "--no-plot"]) == 0
+  a, b = (d / "kl_penalty.json" for d in (quick_run, tmp_path))
+  assert a.read_bytes() == b.read_bytes()
+  drawn = kl_penalty.plot(_io.read_json(b), tmp_path / "figs")
+  assert sorted(p.name for p in drawn) == sorted(
+    f"{f}.{e}" for f in FIGURES for e in ("png", "pdf")
+  )
+  assert all(p.stat().st_size > 1000 for p in drawn)
+
+
+def test_bad_config_is_one_line(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    kl_penalty.main([*QUICK, "--horizon", "2", "--out", str(tmp_path)])
+  assert str(e.value) == "error: invalid configuration: horizon must be >= 3, got 2"
+  assert not (tmp_path / "kl_penalty.json").exists()
