@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -67,36 +69,89 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.load(f)
 
 
-def prepare_out_dir(out: str | os.PathLike) -> Path:
-  """Create the output folder and check it is writable; a clear one-line error if not."""
+def prepare_out_dir(out: str | os.PathLike, what: str = "output folder") -> Path:
+  """Create a folder and check it is writable; a one-line error naming ``what`` if not."""
   out = Path(out)
   try:
     out.mkdir(parents=True, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
     probe.close()
   except OSError as e:
-    raise SystemExit(f"error: output folder {str(out)!r} is not writable: {e.strerror}") from None
+    raise SystemExit(f"error: {what} {str(out)!r} is not writable: {e.strerror}") from None
   return out
 
 
-def config_parser(config_cls, description: str) -> argparse.ArgumentParser:
-  """An argparse parser whose flags mirror the fields of a frozen Config dataclass."""
+# The third-party modules of the `experiments` extra (import name: what to install).
+EXTRA_MODULES = ("optax", "matplotlib", "sklearn")
+INSTALL_HINT = "pip install -e '.[experiments]'"
+
+
+def missing_extra(err: ModuleNotFoundError, name: str | None = None) -> BaseException:
+  """A one-line SystemExit for a missing module of the `experiments` extra, else ``err``."""
+  root = (err.name or "").split(".")[0]
+  if root not in EXTRA_MODULES:
+    return err
+  who = f"experiments.{name}" if name else "the experiments"
+  return SystemExit(
+    f"error: {who} needs the `experiments` extra ({root} is not installed); "
+    f"from the repository root run: {INSTALL_HINT}"
+  )
+
+
+@contextlib.contextmanager
+def command_line(name: str, progress: Progress | None = None):
+  """The shared failure handling of every experiment's ``main``.
+
+  Ctrl-C prints where the run stopped (its last progress line) and exits with status 130
+  (results are written atomically, so no partial file is left); a module of the
+  `experiments` extra that is not installed is a one-line error naming the extra.
+  """
+  try:
+    yield
+  except KeyboardInterrupt:
+    stage = f" (last progress: {progress.last})" if progress is not None and progress.last else ""
+    print(
+      f"\n[{name}] interrupted{stage}; nothing partial was written.",
+      file=sys.stderr,
+      flush=True,
+    )
+    raise SystemExit(130) from None
+  except ModuleNotFoundError as e:
+    raise missing_extra(e, name) from None
+
+
+def config_parser(
+  config_cls, description: str, help: dict | None = None, choices: dict | None = None
+) -> argparse.ArgumentParser:
+  """An argparse parser whose flags mirror the fields of a frozen Config dataclass.
+
+  ``help`` maps each field to its description, ``choices`` a field to its allowed values.
+  """
+  help, choices = help or {}, choices or {}
+  fields = dataclasses.fields(config_cls)
   p = argparse.ArgumentParser(description=description)
-  p.add_argument("--out", default="results", help="output folder (default: results)")
-  p.add_argument("--figures", default=None, help="folder for figures (default: --out)")
+  p.add_argument("--out", default="results", help="folder for the results JSON (default: results)")
+  p.add_argument(
+    "--figures", default=None, help="folder for the figures (default: the --out folder)"
+  )
   p.add_argument("--quick", action="store_true", help="tiny configuration for a smoke test")
   p.add_argument("--quiet", action="store_true", help="no progress output")
   p.add_argument("--no-plot", action="store_true", help="write the JSON only")
-  for f in dataclasses.fields(config_cls):
+  for f in fields:
     flag = "--" + f.name.replace("_", "-")
+    text = f"{help.get(f.name, f.name.replace('_', ' '))} (default: {f.default})"
     if f.type in (bool, "bool"):
-      p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+      p.add_argument(
+        flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+      )
     else:
       typ = {"int": int, "float": float, "str": str}.get(
         f.type if isinstance(f.type, str) else "", None
       )
       typ = typ or (f.type if f.type in (int, float, str) else str)
-      p.add_argument(flag, dest=f.name, type=typ, default=None, help=f"default: {f.default}")
+      p.add_argument(
+        flag, dest=f.name, type=typ, default=None, help=text, choices=choices.get(f.name)
+      )
   return p
 
 
@@ -120,8 +175,10 @@ class Progress:
 
   def __init__(self, quiet: bool, prefix: str):
     self.quiet, self.prefix = quiet, prefix
+    self.last = None  # where an interrupted run stopped
 
   def __call__(self, msg: str) -> None:
+    self.last = msg
     if not self.quiet:
       print(f"[{self.prefix}] {msg}", file=sys.stderr, flush=True)
 
@@ -137,28 +194,39 @@ def run_experiment(
   description: str,
   report=None,
   ok=None,
+  help: dict | None = None,
+  choices: dict | None = None,
 ) -> int:
   """The shared ``main`` of every experiment.
 
-  Parses flags that mirror ``config_cls`` (plus ``--out``, ``--figures``, ``--quick``,
-  ``--quiet``, ``--no-plot``, ``--plot-only``), runs ``run(config, progress)``, writes
-  ``OUT/<name>.json`` atomically, draws the figures from that file only, prints
-  ``report(results)`` unless quiet, and returns 0, or 1 when ``ok(results)`` is false.
-  A configuration the machine cannot honour (``run`` raising ValueError) is a one-line
-  error, and no results file is written.
+  Parses flags that mirror ``config_cls`` (described by ``help``, restricted by
+  ``choices``; plus ``--out``, ``--figures``, ``--quick``, ``--quiet``, ``--no-plot``,
+  ``--plot-only``), runs ``run(config, progress)``, writes ``OUT/<name>.json``
+  atomically, draws the figures from that file only (each figure written under a
+  temporary name, then renamed), prints ``report(results)`` unless quiet, and returns 0,
+  or 1 when ``ok(results)`` is false. A configuration the machine cannot honour (``run``
+  raising ValueError) is a one-line error, and no results file is written; so are Ctrl-C
+  (exit status 130) and a missing `experiments` extra (see :func:`command_line`).
   """
-  import time
-
-  parser = config_parser(config_cls, description)
+  parser = config_parser(config_cls, description, help, choices)
   parser.add_argument(
     "--plot-only", action="store_true", help=f"redraw the figures from OUT/{name}.json"
   )
   args = parser.parse_args(argv)
   config = config_from_args(config_cls, args, quick)
   out = prepare_out_dir(args.out)
-  figures = prepare_out_dir(args.figures) if args.figures and not args.no_plot else out
-  path = out / f"{name}.json"
+  figures = out
+  if args.figures and not args.no_plot:
+    figures = prepare_out_dir(args.figures, what="figures folder")
   progress = Progress(args.quiet, name)
+  with command_line(name, progress):
+    return _run(args, name, config, out, figures, progress, run, plot, report, ok)
+
+
+def _run(args, name, config, out, figures, progress, run, plot, report, ok) -> int:
+  import time
+
+  path = out / f"{name}.json"
   if not args.plot_only:
     start = time.perf_counter()
     try:
@@ -171,8 +239,22 @@ def run_experiment(
     raise SystemExit(f"error: --plot-only needs an existing results file, {str(path)!r} is missing")
   results = read_json(path)
   if not args.no_plot:
-    for p in plot(results, figures):
+    for p in plot_atomic(plot, results, figures):
       progress(f"wrote {p}")
   if report is not None and not args.quiet:
     print(report(results))
   return 0 if ok is None or ok(results) else 1
+
+
+def plot_atomic(plot, results, figures: Path) -> list[Path]:
+  """Draw into a temporary folder beside ``figures``, then move each file into place."""
+  tmp = Path(tempfile.mkdtemp(dir=figures, prefix=".figures-"))
+  try:
+    drawn = [Path(p) for p in plot(results, tmp)]
+    final = []
+    for p in drawn:
+      os.replace(p, figures / p.name)
+      final.append(figures / p.name)
+    return final
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

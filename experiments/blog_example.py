@@ -57,13 +57,17 @@ def run(config: Config) -> dict:
   }
 
 
+HELP = {"epsilon": "the blog's clipping constant"}
+
+
 def main(argv=None) -> int:
-  parser = _io.config_parser(Config, __doc__.splitlines()[0])
+  parser = _io.config_parser(Config, __doc__.splitlines()[0], help=HELP)
   args = parser.parse_args(argv)
   config = _io.config_from_args(Config, args)
   out = _io.prepare_out_dir(args.out)
-  results = run(config)
-  _io.write_json_atomic(results, out / "blog_example.json")
+  with _io.command_line("blog_example"):
+    results = run(config)
+    _io.write_json_atomic(results, out / "blog_example.json")
   if not args.quiet:
     for k in ("kl", "cross_entropy", "entropy"):
       print(f"{k:>14}: jaxdiv {results['jaxdiv'][k]!r:<22} blog {results['blog_numpy'][k]!r}")

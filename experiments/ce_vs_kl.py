@@ -41,12 +41,16 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxdiv
 from experiments import _io
+
+try:
+  import optax
+except ModuleNotFoundError as e:  # the `experiments` extra is not installed
+  raise _io.missing_extra(e, "ce_vs_kl") from None
 
 NAME = "ce_vs_kl"
 TASKS = ("teacher", "digits-onehot", "digits-soft")
@@ -101,6 +105,26 @@ class Config:
 
 
 QUICK = dict(steps=60, teacher_samples=256, collapse_steps=300, log_every=31, compare_forms=False)
+HELP = {
+  "seed": "the one seed behind every random draw (data, split, teacher, init)",
+  "steps": "full-batch optimiser steps per run (>= 1)",
+  "optimizer": "the optimiser of both runs",
+  "learning_rate": "learning rate of both runs (> 0)",
+  "teacher_samples": "inputs of the teacher task (>= 1)",
+  "teacher_features": "input dimension of the teacher task (>= 1)",
+  "teacher_classes": "classes of the teacher task (>= 2)",
+  "teacher_scale": "scale of the teacher's logits, which sets H(p) (> 0)",
+  "label_smoothing": "alpha of the digits-soft targets, in (0, 1)",
+  "target_form": "how targets reach jaxdiv: logits (log p) or probabilities",
+  "compare_forms": "also run the other target form and record its checks",
+  "test_fraction": "share of the digits held out for test accuracy, in (0, 1)",
+  "collapse_categories": "categories of the mode-collapse target (>= 2)",
+  "collapse_steps": "optimiser steps of the mode-collapse fits (>= 1)",
+  "collapse_learning_rate": "learning rate of the mode-collapse fits (> 0)",
+  "log_every": "a progress line (and a host sync) every this many steps (>= 1)",
+  "devices": "shard the batch over this many devices (data parallel; >= 1)",
+}
+CHOICES = {"optimizer": OPTIMIZERS, "target_form": ("logits", "probs")}
 
 
 # ---------------------------------------------------------------------------
@@ -534,6 +558,8 @@ def main(argv=None) -> int:
     description=__doc__.splitlines()[0],
     report=None,
     ok=None,
+    help=HELP,
+    choices=CHOICES,
   )
 
 

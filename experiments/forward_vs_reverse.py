@@ -66,6 +66,19 @@ class Config:
 
 
 QUICK = {"grid_size": 201, "num_inits": 3, "steps": 1500, "learning_rate": 0.08}
+HELP = {
+  "seed": "the one seed behind the starting means",
+  "grid_size": "number of grid points the densities are discretised on (>= 3)",
+  "grid_half_width": "the grid spans [-w, w]",
+  "mode_distance": "distance between the target's two modes",
+  "mode_scale": "standard deviation of each target mode",
+  "right_weight": "mass of the right mode, in (0, 1)",
+  "num_inits": "number of starting means per objective (>= 1)",
+  "init_spread": "starting means are uniform in [-s, s]",
+  "steps": "full-batch Adam steps per fit (>= 1)",
+  "learning_rate": "Adam's learning rate",
+  "record_every": "keep every n-th loss value in the JSON (>= 1)",
+}
 
 
 def _target(config: Config):
@@ -127,10 +140,11 @@ def run(config: Config, progress=None) -> dict:
     mean = jnp.sum(q * x)
     gap = jnp.abs(x) < config.mode_distance / 4  # the middle half between the modes
     return {
-      "loc": params[0],
+      "loc": params[0],  # the logits' parameters (not the moments of q on the grid)
       "scale": jnp.exp(params[1]),
       "grid_mean": mean,
       "grid_var": jnp.sum(q * (x - mean) ** 2),
+      "grid_std": jnp.sqrt(jnp.sum(q * (x - mean) ** 2)),
       "gap_mass": jnp.sum(jnp.where(gap, q, 0.0)),
       "q": q,
       **{f"final_{k}": f(params) for k, f in losses.items()},
@@ -224,7 +238,9 @@ def plot(results: dict, out_dir) -> list:
   ax.legend(loc="upper center")
   for name in OBJECTIVES:
     f = results["fits"][name]
-    ax2.plot(f["init_loc"], f["loc"], markers[name], ms=sizes[name], color=colors[name], mfc="none")
+    ax2.plot(
+      f["init_loc"], f["grid_mean"], markers[name], ms=sizes[name], color=colors[name], mfc="none"
+    )
   for m in (-1, 1):
     ax2.axhline(m * results["config"]["mode_distance"] / 2, color="0.6", lw=0.8)
   ax2.axhline(results["target"]["grid_mean"], color="0.6", lw=0.8, ls="--")
@@ -244,11 +260,18 @@ def plot(results: dict, out_dir) -> list:
 
 
 def _report(results) -> str:
+  """The checks, then each fit's mean and standard deviation on the grid (what the figure
+  shows; the logits' loc/scale parameters differ where the grid truncates q)."""
   lines = [f"{k:>36}: {v}" for k, v in results["checks"].items()]
+  t = results["target"]
+  lines.append(
+    f"{'target':>12}: mean {t['grid_mean']:+.3f}, standard deviation {t['grid_var'] ** 0.5:.3f}"
+  )
   for name in OBJECTIVES:
     f = results["fits"][name]
-    locs = ", ".join(f"{v:+.3f}" for v in f["loc"])
-    lines.append(f"{name:>12}: fitted means {locs}; scales {np.round(f['scale'], 3).tolist()}")
+    means = ", ".join(f"{v:+.3f}" for v in f["grid_mean"])
+    stds = ", ".join(f"{v:.3f}" for v in np.sqrt(f["grid_var"]))
+    lines.append(f"{name:>12}: fitted means {means}; standard deviations {stds}")
   return "\n".join(lines)
 
 
@@ -263,6 +286,7 @@ def main(argv=None) -> int:
     description=__doc__.splitlines()[0],
     report=_report,
     ok=lambda r: r["all_checks_pass"],
+    help=HELP,
   )
 
 

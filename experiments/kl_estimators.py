@@ -60,6 +60,12 @@ class Config:
 
 
 QUICK = {"num_samples": 200_000, "chunk_size": 100_000}
+HELP = {
+  "seed": "the one seed behind every sample",
+  "num_samples": "Monte-Carlo samples per setting (>= 2)",
+  "chunk_size": "samples drawn and reduced at a time (memory; >= 1)",
+  "curve_points": "points of the exact curves in the figure",
+}
 
 
 def exact_ratios(mu: float) -> dict:
@@ -270,6 +276,7 @@ def main(argv=None) -> int:
     description=__doc__.splitlines()[0],
     report=lambda r: table(r) + f"\nall checks pass: {r['all_checks_pass']}",
     ok=lambda r: r["all_checks_pass"],
+    help=HELP,
   )
 
 

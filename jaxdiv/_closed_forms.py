@@ -15,6 +15,7 @@ rounding), as for the categorical functions.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from jax.scipy import linalg as jsp_linalg
 from jax.scipy import special as jsp_special
 from jax.typing import ArrayLike
 
-from jaxdiv import _inputs, _numerics
+from jaxdiv import _checks, _inputs, _numerics
 
 Array = jax.Array
 
@@ -49,13 +50,65 @@ def _standardised_gap(mp: Array, mq: Array, sq: Array) -> Array:
   return dm / jnp.where((sq == 0) & (dm == 0), jnp.ones_like(sq), sq)
 
 
+def _log_standardised_gap(mp: Array, mq: Array, log_sq: Array) -> Array:
+  """``(mp - mq) / exp(log_sq)`` as ``sign * exp(log|dm| - log_sq)``: exact where
+  ``exp(-log_sq)`` alone would overflow; 0 for equal means (double where: finite gradient)."""
+  dm = mp - mq
+  same = dm == 0
+  safe = jnp.where(same, jnp.ones_like(dm), jnp.abs(dm))
+  z = jnp.sign(dm) * jnp.exp(jnp.log(safe) - log_sq)
+  return jnp.where(same, jnp.zeros_like(z), z)
+
+
+class _Scale(NamedTuple):
+  """One side's scale, as given: ``scale`` (None for a log-scale) and its logarithm."""
+
+  scale: Array | None
+  log: Array
+
+
+def _normal_args(fn: str, sides: dict, **locs):
+  """Resolve each side's ``scale_*`` or ``log_scale_*`` (exactly one) and broadcast all."""
+  arrays = {k: v for k, v in locs.items()}
+  forms = {}
+  for suffix, (scale, log_scale) in sides.items():
+    s_name, l_name = f"scale{suffix}", f"log_scale{suffix}"
+    if (scale is None) == (log_scale is None):
+      state = "both" if scale is not None else "neither"
+      raise TypeError(f"{fn}: give exactly one of `{s_name}` and `{l_name}` (got {state}).")
+    forms[suffix] = (s_name, scale) if log_scale is None else (l_name, log_scale)
+    arrays[forms[suffix][0]] = forms[suffix][1]
+  for k, v in locs.items():
+    if v is None:
+      raise TypeError(f"{fn}: `{k}` is required.")
+  values, _ = _floats(fn, **arrays)
+  by_name = dict(zip(arrays, values, strict=True))
+  out_locs = [by_name[k] for k in locs]
+  scales = {}
+  for suffix, (name, _) in forms.items():
+    v = by_name[name]
+    scales[suffix] = _Scale(None, v) if name.startswith("log_") else _Scale(v, jnp.log(v))
+  return out_locs, scales
+
+
+@_checks.roles(
+  loc_p="finite",
+  scale_p="positive",
+  loc_q="finite",
+  scale_q="positive",
+  log_scale_p="finite",
+  log_scale_q="finite",
+  base="unchecked",
+)
 def normal_kl_divergence(
   loc_p: ArrayLike,
-  scale_p: ArrayLike,
-  loc_q: ArrayLike,
-  scale_q: ArrayLike,
+  scale_p: ArrayLike | None = None,
+  loc_q: ArrayLike | None = None,
+  scale_q: ArrayLike | None = None,
   *,
-  base: float | None = None,
+  log_scale_p: ArrayLike | None = None,
+  log_scale_q: ArrayLike | None = None,
+  base: float | str | None = None,
 ) -> Array:
   r"""Elementwise :math:`\mathrm{KL}(p \| q)` between univariate normals ``p`` and ``q``.
 
@@ -74,6 +127,14 @@ def normal_kl_divergence(
   The inputs broadcast against each other; summing the result over a dimension axis
   gives the KL between diagonal Gaussians (independent coordinates).
 
+  Each scale is given either as the standard deviation (``scale_p``, ``scale_q``) or,
+  keyword-only, as its logarithm (``log_scale_p``, ``log_scale_q``: a VAE's
+  ``0.5 * logvar``); exactly one of the two per side. From log-scales the divergence is
+  computed in log space, exact where :math:`e^{\log\sigma}` would over- or underflow
+  (at ``logvar = -180`` the KL to :math:`N(0, 1)` is 89.5, where
+  ``scale_p=jnp.exp(0.5 * logvar)`` underflows to 0 and gives ``inf``), with finite
+  gradients.
+
   Edge conventions: a zero scale (a point mass) gives ``+inf`` when the other scale is
   positive (the densities are mutually singular); two zero scales and negative scales
   give NaN. Gradients are finite wherever the value is.
@@ -83,7 +144,9 @@ def normal_kl_divergence(
     scale_p: standard deviation of ``p`` (not the variance).
     loc_q: mean of ``q``.
     scale_q: standard deviation of ``q``.
-    base: logarithm base (``None``: nats; 2: bits).
+    log_scale_p: :math:`\log\sigma_p`, in place of ``scale_p``.
+    log_scale_q: :math:`\log\sigma_q`, in place of ``scale_q``.
+    base: logarithm base (``None`` or ``'nats'``: nats; 2 or ``'bits'``: bits).
 
   Returns:
     The divergence, with the broadcast shape of the inputs (float32 for 16-bit inputs).
@@ -91,6 +154,8 @@ def normal_kl_divergence(
   Example:
     >>> float(normal_kl_divergence(0.0, 1.0, 1.0, 1.0))
     0.5
+    >>> float(normal_kl_divergence(0.0, log_scale_p=-90.0, loc_q=0.0, log_scale_q=0.0))
+    89.5
 
   References:
     Kullback, *Information Theory and Statistics* (1959); Cover & Thomas (2006),
@@ -103,14 +168,25 @@ def normal_kl_divergence(
   """
   fn = "normal_kl_divergence"
   _inputs.check_base(fn, base)
-  (mp, sp, mq, sq), _ = _floats(fn, loc_p=loc_p, scale_p=scale_p, loc_q=loc_q, scale_q=scale_q)
-  log_ratio = jnp.log(sp) - jnp.log(sq)
-  z = _standardised_gap(mp, mq, sq)
+  (mp, mq), sc = _normal_args(
+    fn, {"_p": (scale_p, log_scale_p), "_q": (scale_q, log_scale_q)}, loc_p=loc_p, loc_q=loc_q
+  )
+  sp, sq = sc["_p"], sc["_q"]
+  log_ratio = sp.log - sq.log
+  z = _standardised_gap(mp, mq, sq.scale) if sq.scale is not None else None
+  if z is None:
+    z = _log_standardised_gap(mp, mq, sq.log)
   kl = 0.5 * (_numerics.expm1mx(2 * log_ratio) + z * z)
   return _inputs.apply_base(kl, base)
 
 
-def normal_entropy(scale: ArrayLike, *, base: float | None = None) -> Array:
+@_checks.roles(scale="positive", log_scale="finite", base="unchecked")
+def normal_entropy(
+  scale: ArrayLike | None = None,
+  *,
+  log_scale: ArrayLike | None = None,
+  base: float | str | None = None,
+) -> Array:
   r"""Elementwise differential entropy of :math:`N(\mu, \sigma^2)` (independent of the mean).
 
   .. math:: H(p) = \tfrac12 \log(2 \pi e \sigma^2) = \tfrac12 (1 + \log 2\pi) + \log\sigma
@@ -120,7 +196,9 @@ def normal_entropy(scale: ArrayLike, *, base: float | None = None) -> Array:
 
   Args:
     scale: standard deviation :math:`\sigma`.
-    base: logarithm base (``None``: nats; 2: bits).
+    log_scale: :math:`\log\sigma`, keyword-only, in place of ``scale`` (exact for any
+      value, where ``exp`` would over- or underflow).
+    base: logarithm base (``None`` or ``'nats'``: nats; 2 or ``'bits'``: bits).
 
   Returns:
     The entropy, with the shape of ``scale``.
@@ -128,6 +206,8 @@ def normal_entropy(scale: ArrayLike, *, base: float | None = None) -> Array:
   Example:
     >>> round(float(normal_entropy(1.0)), 6)
     1.418939
+    >>> round(float(normal_entropy(log_scale=-100.0)), 6)
+    -98.581061
 
   References:
     Cover & Thomas (2006), section 8.1.
@@ -137,18 +217,29 @@ def normal_entropy(scale: ArrayLike, *, base: float | None = None) -> Array:
   """
   fn = "normal_entropy"
   _inputs.check_base(fn, base)
-  (s,), _ = _floats(fn, scale=scale)
-  h = (0.5 + _HALF_LOG_2PI) + jnp.log(s)
+  _, sc = _normal_args(fn, {"": (scale, log_scale)})
+  h = (0.5 + _HALF_LOG_2PI) + sc[""].log
   return _inputs.apply_base(h, base)
 
 
+@_checks.roles(
+  loc_p="finite",
+  scale_p="positive",
+  loc_q="finite",
+  scale_q="positive",
+  log_scale_p="finite",
+  log_scale_q="finite",
+  base="unchecked",
+)
 def normal_cross_entropy(
   loc_p: ArrayLike,
-  scale_p: ArrayLike,
-  loc_q: ArrayLike,
-  scale_q: ArrayLike,
+  scale_p: ArrayLike | None = None,
+  loc_q: ArrayLike | None = None,
+  scale_q: ArrayLike | None = None,
   *,
-  base: float | None = None,
+  log_scale_p: ArrayLike | None = None,
+  log_scale_q: ArrayLike | None = None,
+  base: float | str | None = None,
 ) -> Array:
   r"""Elementwise cross-entropy :math:`H(p, q) = -\mathbb{E}_p[\log q]` of two normals.
 
@@ -159,8 +250,10 @@ def normal_cross_entropy(
     = H(p) + \mathrm{KL}(p \| q)
 
   Argument order as in :func:`normal_kl_divergence`: the reference ``p`` (whose
-  expectation is taken) first. Edges: ``scale_q = 0`` gives ``+inf`` (NaN when ``p`` is
-  the same point mass); ``scale_p = 0`` gives the finite :math:`-\log q(\mu_p)`;
+  expectation is taken) first; each scale as a standard deviation or, keyword-only, as
+  its logarithm (``log_scale_p``, ``log_scale_q``; computed in log space, exact where
+  ``exp`` would over- or underflow). Edges: ``scale_q = 0`` gives ``+inf`` (NaN when ``p``
+  is the same point mass); ``scale_p = 0`` gives the finite :math:`-\log q(\mu_p)`;
   negative scales give NaN.
 
   Args:
@@ -168,7 +261,9 @@ def normal_cross_entropy(
     scale_p: standard deviation of ``p``.
     loc_q: mean of ``q``.
     scale_q: standard deviation of ``q``.
-    base: logarithm base (``None``: nats; 2: bits).
+    log_scale_p: :math:`\log\sigma_p`, in place of ``scale_p``.
+    log_scale_q: :math:`\log\sigma_q`, in place of ``scale_q``.
+    base: logarithm base (``None`` or ``'nats'``: nats; 2 or ``'bits'``: bits).
 
   Returns:
     The cross-entropy, with the broadcast shape of the inputs.
@@ -182,14 +277,23 @@ def normal_cross_entropy(
   """
   fn = "normal_cross_entropy"
   _inputs.check_base(fn, base)
-  (mp, sp, mq, sq), _ = _floats(fn, loc_p=loc_p, scale_p=scale_p, loc_q=loc_q, scale_q=scale_q)
-  t = sp / sq
-  z = _standardised_gap(mp, mq, sq)
-  h = _HALF_LOG_2PI + jnp.log(sq) + 0.5 * (t * t + z * z)
+  (mp, mq), sc = _normal_args(
+    fn, {"_p": (scale_p, log_scale_p), "_q": (scale_q, log_scale_q)}, loc_p=loc_p, loc_q=loc_q
+  )
+  sp, sq = sc["_p"], sc["_q"]
+  if sp.scale is not None and sq.scale is not None:
+    t = sp.scale / sq.scale
+    z = _standardised_gap(mp, mq, sq.scale)
+  else:
+    t = jnp.exp(sp.log - sq.log)
+    z = _log_standardised_gap(mp, mq, sq.log)
+  h = _HALF_LOG_2PI + sq.log + 0.5 * (t * t + z * z)
   # A point mass q: -log q is +inf off its atom (NaN if p is the same point mass).
-  degenerate = jnp.where((sp > 0) | (mp != mq), jnp.inf, jnp.nan).astype(h.dtype)
-  h = jnp.where(sq == 0, degenerate, h)
-  h = jnp.where(sp < 0, jnp.full_like(h, jnp.nan), h)  # sp enters squared: NaN explicitly
+  p_spread = sp.log > -jnp.inf
+  degenerate = jnp.where(p_spread | (mp != mq), jnp.inf, jnp.nan).astype(h.dtype)
+  h = jnp.where(sq.log == -jnp.inf, degenerate, h)
+  if sp.scale is not None:  # sp enters squared: NaN explicitly
+    h = jnp.where(sp.scale < 0, jnp.full_like(h, jnp.nan), h)
   return _inputs.apply_base(h, base)
 
 
@@ -242,6 +346,9 @@ def _log_abs_diag(scale_tril: Array) -> Array:
   return jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1)))
 
 
+@_checks.roles(
+  loc_p="finite", scale_tril_p="tril", loc_q="finite", scale_tril_q="tril", base="unchecked"
+)
 def mvn_kl_divergence(
   loc_p: ArrayLike,
   scale_tril_p: ArrayLike,
@@ -279,7 +386,7 @@ def mvn_kl_divergence(
     scale_tril_p: lower-triangular factor of the covariance of ``p``, shape ``(..., d, d)``.
     loc_q: mean of ``q``, shape ``(..., d)``.
     scale_tril_q: lower-triangular factor of the covariance of ``q``, shape ``(..., d, d)``.
-    base: logarithm base (``None``: nats; 2: bits).
+    base: logarithm base (``None`` or ``'nats'``: nats; 2 or ``'bits'``: bits).
 
   Returns:
     The divergence with the broadcast batch shape (the leading dimensions).
@@ -314,6 +421,7 @@ def mvn_kl_divergence(
   return _inputs.apply_base(kl, base)
 
 
+@_checks.roles(scale_tril="tril", base="unchecked")
 def mvn_entropy(scale_tril: ArrayLike, *, base: float | None = None) -> Array:
   r"""Differential entropy of :math:`N(\mu, L L^\top)` from its Cholesky factor.
 
@@ -323,7 +431,7 @@ def mvn_entropy(scale_tril: ArrayLike, *, base: float | None = None) -> Array:
 
   Args:
     scale_tril: lower-triangular factor, shape ``(..., d, d)``.
-    base: logarithm base (``None``: nats; 2: bits).
+    base: logarithm base (``None`` or ``'nats'``: nats; 2 or ``'bits'``: bits).
 
   Returns:
     The entropy with the batch shape ``scale_tril.shape[:-2]``.
@@ -345,6 +453,9 @@ def mvn_entropy(scale_tril: ArrayLike, *, base: float | None = None) -> Array:
   return _inputs.apply_base(h, base)
 
 
+@_checks.roles(
+  loc_p="finite", scale_tril_p="tril", loc_q="finite", scale_tril_q="tril", base="unchecked"
+)
 def mvn_cross_entropy(
   loc_p: ArrayLike,
   scale_tril_p: ArrayLike,
@@ -390,6 +501,9 @@ def mvn_cross_entropy(
 # ---------------------------------------------------------------------------
 
 
+@_checks.roles(
+  concentration_p="positive", concentration_q="positive", axis="axis", base="unchecked"
+)
 def dirichlet_kl_divergence(
   concentration_p: ArrayLike,
   concentration_q: ArrayLike,
@@ -415,7 +529,7 @@ def dirichlet_kl_divergence(
     concentration_p: :math:`\alpha`, the categories along ``axis``.
     concentration_q: :math:`\beta`, broadcastable against ``concentration_p``.
     axis: the category axis.
-    base: logarithm base (``None``: nats; 2: bits).
+    base: logarithm base (``None`` or ``'nats'``: nats; 2 or ``'bits'``: bits).
 
   Returns:
     The divergence with ``axis`` reduced.
@@ -434,7 +548,7 @@ def dirichlet_kl_divergence(
   _inputs.check_base(fn, base)
   sa = _inputs.source(fn, "concentration_p", concentration_p, None)
   sb = _inputs.source(fn, "concentration_q", concentration_q, None)
-  a = _inputs.align(fn, sa, sb, axis=axis)
+  a = _inputs.align(fn, sa, sb, axis=axis, category_broadcast=True)
   alpha, beta = (s.value for s in a.sources)
   # A non-positive concentration is not a Dirichlet: NaN (gammaln is finite at most
   # negative arguments, so it would otherwise give a finite wrong number).

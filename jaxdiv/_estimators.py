@@ -153,6 +153,8 @@ def kl_estimate(
       f"{fn}: unknown `estimator`={estimator!r}; valid names are "
       f"{', '.join(repr(e) for e in ESTIMATORS)}."
     )
+  if not isinstance(straight_through, bool):
+    raise TypeError(f"{fn}: `straight_through` must be True or False, got {straight_through!r}.")
   _inputs.check_base(fn, base)
   lp = _inputs.as_float(fn, "log_p", log_p)
   lq = _inputs.as_float(fn, "log_q", log_q)

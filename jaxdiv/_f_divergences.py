@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxdiv import _inputs, _numerics
+from jaxdiv import _checks, _inputs, _numerics
 from jaxdiv.generators import Generator
 
 Array = jax.Array
@@ -214,6 +214,7 @@ def _support_mismatch(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
 # ---------------------------------------------------------------------------
 
 
+@_checks.roles(**_checks.PAIR, weight="unchecked", base="unchecked")
 def jensen_shannon_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -292,6 +293,7 @@ def jensen_shannon_divergence(
   return _inputs.apply_base(js, base)
 
 
+@_checks.roles(**_checks.PAIR, weight="unchecked", base="unchecked")
 def jensen_shannon_distance(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -349,6 +351,7 @@ def jensen_shannon_distance(
   return _sqrt(js)
 
 
+@_checks.roles(**_checks.PAIR, base="unchecked")
 def jeffreys_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -396,6 +399,7 @@ def jeffreys_divergence(
   return _inputs.apply_base(j, base)
 
 
+@_checks.roles(**_checks.PAIR, alpha="unchecked", base="unchecked")
 def skew_kl_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -459,6 +463,7 @@ def skew_kl_divergence(
 # ---------------------------------------------------------------------------
 
 
+@_checks.roles(**_checks.PAIR)
 def total_variation_distance(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -509,6 +514,7 @@ def _bhattacharyya(pr: _Pair) -> Array:
   return jnp.sum(_sqrt(pr.p.prob) * _sqrt(pr.q.prob), axis=-1)
 
 
+@_checks.roles(**_checks.PAIR)
 def squared_hellinger_distance(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -555,6 +561,7 @@ def squared_hellinger_distance(
   return _squared_hellinger(_Pair(fn, p, q, p_logits, q_logits, axis, where))
 
 
+@_checks.roles(**_checks.PAIR)
 def hellinger_distance(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -591,6 +598,7 @@ def hellinger_distance(
   return _sqrt(_squared_hellinger(_Pair(fn, p, q, p_logits, q_logits, axis, where)))
 
 
+@_checks.roles(**_checks.PAIR)
 def bhattacharyya_coefficient(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -631,6 +639,7 @@ def bhattacharyya_coefficient(
   return _bhattacharyya(_Pair(fn, p, q, p_logits, q_logits, axis, where))
 
 
+@_checks.roles(**_checks.PAIR, base="unchecked")
 def bhattacharyya_distance(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -682,6 +691,7 @@ def bhattacharyya_distance(
   return _inputs.apply_base(d, base)
 
 
+@_checks.roles(**_checks.PAIR)
 def chi_squared_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -737,6 +747,7 @@ def chi_squared_divergence(
 # ---------------------------------------------------------------------------
 
 
+@_checks.roles(**_checks.PAIR, alpha="unchecked", base="unchecked")
 def renyi_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -852,6 +863,7 @@ def renyi_divergence(
   return _inputs.apply_base(out, base)
 
 
+@_checks.roles(**_checks.PAIR, alpha="unchecked")
 def alpha_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -938,6 +950,7 @@ def _times_limit(x: Array, c) -> Array:
   return jnp.where(c_inf & (x > 0), c + 0 * prod, prod)
 
 
+@_checks.roles(**_checks.PAIR, f="unchecked")
 def f_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,

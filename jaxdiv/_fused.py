@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxdiv import _inputs, _numerics
+from jaxdiv import _checks, _inputs, _numerics
 from jaxdiv import _fused_losses as L
 
 Array = jax.Array
@@ -140,6 +140,15 @@ def _pair(fn, p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits, where)
   return _flat(*p), _flat(*q), bp, vp, _where(fn, where, vp)
 
 
+@_checks.roles(
+  hidden="finite",
+  weight="classifier",
+  labels="labels",
+  where="where",
+  chunk_size="unchecked",
+  token_chunk_size="unchecked",
+  base="unchecked",
+)
 def linear_cross_entropy(
   hidden: ArrayLike,
   weight: ArrayLike,
@@ -224,6 +233,7 @@ def linear_cross_entropy(
   return _inputs.apply_base(loss.reshape(batch), base)
 
 
+@_checks.roles(**_checks.LINEAR_PAIR)
 def linear_kl_divergence(
   p_hidden: ArrayLike | None = None,
   p_weight: ArrayLike | None = None,
@@ -303,6 +313,7 @@ def linear_kl_divergence(
   return _inputs.apply_base(loss.reshape(batch), base)
 
 
+@_checks.roles(**_checks.LINEAR_PAIR, weight="unchecked")
 def linear_jensen_shannon_divergence(
   p_hidden: ArrayLike | None = None,
   p_weight: ArrayLike | None = None,

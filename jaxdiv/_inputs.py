@@ -85,17 +85,36 @@ def source(
   return Source(kind, name, value)
 
 
+_BASE_NAMES = {"nats": None, "bits": 2}
+
+
 def check_base(fn: str, base) -> None:
-  """A logarithm base must be positive and not 1 (checked when it is a Python number)."""
+  """A logarithm base: a positive number other than 1, or ``'bits'`` / ``'nats'``.
+
+  Strings and types are checked always, the value when it is a concrete number.
+  """
   if base is None or isinstance(base, jax.core.Tracer):
     return
+  if isinstance(base, str):
+    if base not in _BASE_NAMES:
+      raise ValueError(
+        f"{fn}: `base` must be a positive number other than 1, 'bits' or 'nats', got {base!r}."
+      )
+    return
   b = np.asarray(base)
+  if b.dtype.kind not in "iuf":  # bool, complex, object, ...: not a logarithm base
+    raise TypeError(
+      f"{fn}: `base` must be a positive number other than 1, 'bits' or 'nats', "
+      f"got {type(base).__name__} {base!r}."
+    )
   if b.ndim == 0 and (not b > 0 or b == 1):
-    raise ValueError(f"{fn}: `base` must be positive and not 1, got {base!r}.")
+    raise ValueError(f"{fn}: `base` must be positive and not 1 (or 'bits' / 'nats'), got {base!r}.")
 
 
 def apply_base(x: Array, base) -> Array:
-  """Convert a value in nats to the given logarithm base (None: nats)."""
+  """Convert a value in nats to the given logarithm base (None or 'nats': nats; 'bits': 2)."""
+  if isinstance(base, str):
+    base = _BASE_NAMES[base]
   if base is None:
     return x
   return x / jnp.log(jnp.asarray(base, x.dtype))
@@ -128,13 +147,73 @@ class Aligned(NamedTuple):
   shape: tuple  # common shape, category axis last
 
 
-def align(fn: str, *sources: Source, axis=-1, where=None, upcast: bool = True) -> Aligned:
+def _where_without_categories(fn: str, where_shape: tuple, dense: dict, axis) -> None:
+  """A ``where`` with the batch shape (a mask over rows) names the form that works."""
+  try:
+    shape = tuple(np.broadcast_shapes(*dense.values()))
+    ax = operator.index(axis) % len(shape)
+  except (ValueError, TypeError, ZeroDivisionError):
+    return
+  batch = shape[:ax] + shape[ax + 1 :]
+  if tuple(where_shape) != batch:
+    return
+  form = "mask[..., None]" if ax == len(shape) - 1 else f"jnp.expand_dims(mask, {ax})"
+  raise ValueError(
+    f"{fn}: `where` with shape {tuple(where_shape)} has the batch shape of the inputs "
+    f"(shape {shape} without the category axis {ax}), but it masks categories and must "
+    f"broadcast against {shape}. To exclude whole rows (padded tokens), keep the category "
+    f"axis: `where={form}`; an excluded row gives 0."
+  )
+
+
+def _check_category_axis(fn: str, sources, shape: tuple, ax: int, where_shape) -> None:
+  """Probabilities must have their own category axis: a distribution cannot broadcast along it."""
+  num = shape[ax]
+  if num <= 1:
+    return
+  for s in sources:
+    if s.kind != "probs":
+      continue
+    i = ax - (len(shape) - s.value.ndim)
+    if i >= 0 and s.value.shape[i] != 1:
+      continue
+    what = "no category axis" if i < 0 else f"a category axis (axis {i}) of size 1"
+    others = ", ".join(
+      f"`{o.name}` with shape {o.value.shape}" for o in sources if o is not s and o.kind != "labels"
+    )
+    if where_shape is not None:
+      others = ", ".join(filter(None, [others, f"`where` with shape {tuple(where_shape)}"]))
+    msg = (
+      f"{fn}: `{s.name}` with shape {s.value.shape} has {what}, but the inputs have {num} "
+      f"categories along axis {ax} ({others}); a distribution cannot be broadcast along its "
+      "own categories."
+    )
+    if jnp.issubdtype(s.value.dtype, jnp.integer) or s.value.dtype == jnp.bool_:
+      msg += (
+        f" `{s.name}` has dtype {s.value.dtype}: if it holds class indices, pass them as "
+        f"`labels=` (cross_entropy, kl_divergence) or one-hot encode them "
+        f"(jax.nn.one_hot({s.name}, {num}))."
+      )
+    raise ValueError(msg)
+
+
+def align(
+  fn: str,
+  *sources: Source,
+  axis=-1,
+  where=None,
+  upcast: bool = True,
+  category_broadcast: bool = False,
+) -> Aligned:
   """Check and broadcast distributions (and ``where``) so that ``axis`` is the last one.
 
   Values are cast to the computation dtype ``Aligned.dtype``. With ``upcast=False``
   floating values keep their own dtype: the fused logits kernels of ``_numerics`` take
   16-bit inputs as they are and convert them inside each pass (a converted copy that
-  several passes read would be written out in full).
+  several passes read would be written out in full). A probability source must have its
+  own category axis (not one of size 1 broadcast against the others');
+  ``category_broadcast=True`` lifts that for parameters that are not distributions
+  (Dirichlet concentrations).
   """
   dense = {s.name: s.value.shape for s in sources if s.kind != "labels"}
   if where is not None:
@@ -142,6 +221,10 @@ def align(fn: str, *sources: Source, axis=-1, where=None, upcast: bool = True) -
     if where.dtype != jnp.bool_:
       raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {where.dtype}.")
     dense_with_where = {**dense, "where": where.shape}
+    try:
+      np.broadcast_shapes(*dense_with_where.values())
+    except ValueError:
+      _where_without_categories(fn, where.shape, dense, axis)
   else:
     dense_with_where = dense
   shape = broadcast_shape(fn, dense_with_where)
@@ -151,6 +234,8 @@ def align(fn: str, *sources: Source, axis=-1, where=None, upcast: bool = True) -
       f"({', '.join(f'`{k}` with shape {tuple(v)}' for k, v in dense.items())})."
     )
   ax = _normalise_axis(fn, axis, len(shape), shape)
+  if not category_broadcast:
+    _check_category_axis(fn, sources, shape, ax, None if where is None else where.shape)
   batch = shape[:ax] + shape[ax + 1 :]
   for s in sources:
     if s.kind != "labels":
@@ -209,7 +294,7 @@ def probs(s: Source, where: Array | None) -> Array:
 
 
 def label_mask(labels: Array, num_categories: int, where: Array | None):
-  """``(ignored, out_of_range, safe_index, included)`` for integer labels.
+  """``(ignored, out_of_range, safe_index)`` for integer labels, the batch shape each.
 
   Negative labels are ignored (result 0, zero gradient); labels >= ``num_categories``
   give NaN; a label at an excluded category counts as ignored (its one-hot target lies

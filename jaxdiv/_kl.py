@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _inputs, _numerics
+from jaxdiv import _checks, _inputs, _numerics
 
 Array = jax.Array
 
@@ -35,9 +35,13 @@ def _labels_nll(fn: str, labels: _inputs.Source, q: _inputs.Source, where) -> Ar
   return jnp.where(out_of_range, jnp.full_like(nll, jnp.nan), nll)
 
 
+@_checks.roles(
+  p="probs", p_logits="logits", logits="logits", axis="axis", where="where", base="unchecked"
+)
 def entropy(
   p: ArrayLike | None = None,
   *,
+  p_logits: ArrayLike | None = None,
   logits: ArrayLike | None = None,
   axis: int = -1,
   where: ArrayLike | None = None,
@@ -57,8 +61,9 @@ def entropy(
 
   Args:
     p: probabilities, with the categories along ``axis``.
-    logits: unnormalised log-probabilities instead of ``p`` (``-inf`` marks an
+    p_logits: unnormalised log-probabilities instead of ``p`` (``-inf`` marks an
       impossible category); normalised by a log-softmax over the included categories.
+    logits: another name for ``p_logits`` (give one of the two).
     axis: the category axis.
     where: boolean mask over categories, broadcastable to the input.
     base: logarithm base (``None``: nats; 2: bits).
@@ -80,13 +85,18 @@ def entropy(
   """
   fn = "entropy"
   _inputs.check_base(fn, base)
-  src = _inputs.source(fn, "p", p, logits, logits_name="logits")
+  if p_logits is not None and logits is not None:
+    raise ValueError(f"{fn}: give the logits once, as `p_logits` or as `logits` (the same).")
+  logits_name = "logits" if logits is not None else "p_logits"
+  p_logits = logits if logits is not None else p_logits
+  src = _inputs.source(fn, "p", p, p_logits, logits_name=logits_name)
   a = _inputs.align(fn, src, axis=axis, where=where)
   d = _inputs.dist(a.sources[0], a.where)
   h = _numerics.neg_sum(d.prob * d.log_prob)
   return _inputs.apply_base(h, base)
 
 
+@_checks.roles(**_checks.PAIR, labels="labels", base="unchecked")
 def cross_entropy(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -168,6 +178,7 @@ def cross_entropy(
   return _inputs.apply_base(h, base)
 
 
+@_checks.roles(**_checks.PAIR, labels="labels", base="unchecked")
 def kl_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -280,6 +291,7 @@ def _bernoulli_pair(fn, p, q, p_logits, q_logits, base):
   return tuple(_bernoulli_dist(s.kind, jnp.broadcast_to(upcast(s), shape)) for s in (sp, sq))
 
 
+@_checks.roles(**_checks.BINARY_PAIR, base="unchecked")
 def binary_cross_entropy(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -314,6 +326,7 @@ def binary_cross_entropy(
   return _inputs.apply_base(h, base)
 
 
+@_checks.roles(**_checks.BINARY_PAIR, base="unchecked")
 def binary_kl_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,

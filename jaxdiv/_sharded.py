@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
-from jaxdiv import _inputs, _numerics
+from jaxdiv import _checks, _inputs, _numerics
 
 Array = jax.Array
 
@@ -97,6 +97,16 @@ def _prepare(fn, mesh, axis_name, arrays, where):
   return dict(zip(names, (s.value for s in a.sources), strict=True)), a, spec
 
 
+@_checks.roles(
+  p="probs",
+  q_logits="logits",
+  p_logits="logits",
+  labels="labels",
+  mesh="unchecked",
+  axis_name="unchecked",
+  where="where",
+  base="unchecked",
+)
 def sharded_cross_entropy(
   p: ArrayLike | None = None,
   *,
@@ -200,6 +210,15 @@ def sharded_cross_entropy(
   return _inputs.apply_base(h, base)
 
 
+@_checks.roles(
+  p="probs",
+  q_logits="logits",
+  p_logits="logits",
+  mesh="unchecked",
+  axis_name="unchecked",
+  where="where",
+  base="unchecked",
+)
 def sharded_kl_divergence(
   p: ArrayLike | None = None,
   *,

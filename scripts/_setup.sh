@@ -1,5 +1,13 @@
-# Sourced by test.sh and reproduce.sh: create .venv if missing and install jaxdiv with
-# its extras. Idempotent; quick when the environment is already up to date.
+# Internal: sourced by setup.sh, test.sh and reproduce.sh, each in its own process. Creates
+# .venv if missing and installs jaxdiv with its extras; idempotent, and quick when the
+# environment is already up to date. It turns on errexit/nounset/pipefail and moves to the
+# repository root for the script that sources it, so an interactive shell must not source
+# it: run ./scripts/setup.sh instead (it only sets up .venv).
+if [[ $- == *i* && ${BASH_SUBSHELL:-0} -eq 0 ]]; then
+  echo "scripts/_setup.sh is internal (it would change your shell's options and folder);" \
+    "run ./scripts/setup.sh instead." >&2
+  return 1
+fi
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -1,5 +1,8 @@
 """Checked mode: bad values raise clear errors eagerly, under jit, vmap and grad."""
 
+import functools
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 from _api import CATEGORICAL_CALLS
 
 import jaxdiv
+from jaxdiv import _checks
 
 P = jnp.array([0.5, 0.5], jnp.float32)
 Q = jnp.array([0.25, 0.75], jnp.float32)
@@ -138,3 +142,121 @@ def test_closed_forms_estimators_and_fused_losses_are_checked():
     jaxdiv.checked(jaxdiv.linear_kl_divergence)(
       jnp.ones((2, 4)), jnp.ones((4, 3)), jnp.array([[1.0, jnp.inf, 0, 0]] * 2), jnp.ones((4, 3))
     )
+
+
+# ---------------------------------------------------------------------------
+# What the computation uses: probabilities after broadcasting
+# ---------------------------------------------------------------------------
+
+LOGITS = jax.random.normal(jax.random.key(13), (4, 5))
+
+
+@pytest.mark.parametrize("labels", [jnp.array(3), jnp.ones((4, 1), int)])
+def test_integer_labels_passed_as_probabilities_raise_suggesting_labels(labels):
+  # Unchecked and checked: a distribution cannot broadcast along its own categories.
+  for fn in (jaxdiv.cross_entropy, jaxdiv.checked(jaxdiv.cross_entropy)):
+    with pytest.raises(ValueError, match=r"cross_entropy: `p` with shape .*`labels=`"):
+      fn(labels, q_logits=LOGITS)
+
+
+def test_sum_is_checked_on_the_broadcast_probabilities_and_mask():
+  kl = jaxdiv.checked(jaxdiv.kl_divergence)
+  p = jnp.array([0.5, 0.5, 0.3])  # one p for two rows of q
+  q = jnp.array([[0.25, 0.75, 0.0], [0.2, 0.3, 0.5]])
+  where = jnp.array([[True, True, False], [True, True, True]])
+  # row 0 sums to 1 over its included categories; row 1 (all included) to 1.3
+  with _raises(r"`p` \(shape \(3,\)\) does not sum to 1 .* largest deviation 0.3"):
+    kl(p, q, where=where)
+  q = q.at[1].set(jnp.array([0.5, 0.5, 0.0]))
+  ok = jnp.array([[True, True, False], [True, True, False]])
+  np.testing.assert_array_equal(kl(p, q, where=ok), jaxdiv.kl_divergence(p, q, where=ok))
+
+
+def test_scalar_probability_is_not_skipped():
+  with pytest.raises(ValueError, match="`p` with shape \\(\\) has no category axis"):
+    jaxdiv.checked(jaxdiv.kl_divergence)(jnp.array(1.0), Q)
+
+
+# ---------------------------------------------------------------------------
+# Under jit the caught error is the only report
+# ---------------------------------------------------------------------------
+
+
+def test_checked_under_jit_logs_nothing(capfd, caplog):
+  fn = jax.jit(jaxdiv.checked(jaxdiv.kl_divergence))
+  with _raises(r"jaxdiv.kl_divergence: `p` \(shape \(2,\)\) does not sum to 1"):
+    jax.block_until_ready(fn(jnp.array([0.5, 0.6]), Q))
+  err = capfd.readouterr().err
+  assert "callback failed" not in err and "Traceback" not in err, err
+  assert not [r for r in caplog.records if r.levelno >= 30], caplog.text
+
+
+def test_other_callback_failures_are_still_logged(caplog):
+  def fail(x):
+    raise RuntimeError("a user callback")
+
+  with pytest.raises(Exception, match="a user callback"):
+    jax.block_until_ready(jax.jit(lambda x: jax.debug.callback(fail, x))(jnp.ones(2)))
+  assert any("callback failed" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------
+# Roles: declared by each function, never inferred from names
+# ---------------------------------------------------------------------------
+
+
+def _public_functions():
+  return [
+    getattr(jaxdiv, n)
+    for n in sorted(dir(jaxdiv))
+    if not n.startswith("_") and inspect.isfunction(getattr(jaxdiv, n)) and n != "checked"
+  ]
+
+
+@pytest.mark.parametrize("fn", _public_functions(), ids=lambda f: f.__name__)
+def test_every_public_function_declares_the_role_of_every_argument(fn):
+  roles = _checks.declared_roles(fn)
+  assert roles is not None, fn.__name__
+  assert set(roles) == set(inspect.signature(fn).parameters)
+  assert set(roles.values()) <= set(_checks.ROLES)
+
+
+def test_a_renamed_argument_without_its_role_is_an_error_at_definition():
+  with pytest.raises(TypeError, match=r"f has parameters without a declared role \['target'\]"):
+
+    @_checks.roles(p="probs", q="probs")
+    def f(target, q):
+      return jaxdiv.kl_divergence(target, q)
+
+  with pytest.raises(TypeError, match="unknown roles"):
+    _checks.roles(p="probability")
+
+
+def test_checks_follow_the_declared_role_not_the_name():
+  @_checks.roles(target="probs", model="probs", axis="axis")
+  def kl(target, model, *, axis=-1):
+    return jaxdiv.kl_divergence(target, model, axis=axis)
+
+  with _raises(r"jaxdiv.kl: `target` \(shape \(2,\)\) does not sum to 1"):
+    jaxdiv.checked(kl)(jnp.array([0.5, 0.6]), Q)
+  with _raises(r"negative probability .* in `model`"):
+    jaxdiv.checked(kl)(P, jnp.array([1.5, -0.5]))
+  with _raises(r"`target` \(shape \(2, 2\)\) does not sum to 1 along axis 0"):
+    jaxdiv.checked(kl)(jnp.array([[0.5, 0.5], [0.6, 0.5]]), jnp.full((2, 2), 0.5), axis=0)
+
+
+def test_undeclared_function_is_a_type_error():
+  def my_loss(p, q):
+    return jaxdiv.kl_divergence(p, q)
+
+  with pytest.raises(TypeError, match="jaxdiv.checked: my_loss does not declare the roles"):
+    jaxdiv.checked(my_loss)
+
+
+def test_roles_survive_a_functools_wraps_wrapper():
+  @functools.wraps(jaxdiv.kl_divergence)
+  def outer(*args, **kwargs):
+    return jaxdiv.kl_divergence(*args, **kwargs)
+
+  with _raises("jaxdiv.kl_divergence: negative probability"):
+    jaxdiv.checked(outer)(P, jnp.array([1.5, -0.5]))

@@ -376,3 +376,97 @@ def test_normal_cross_entropy_edges():
   np.testing.assert_allclose(
     float(jaxdiv.normal_cross_entropy(0.5, 0.0, 0.0, 2.0)), -stats.norm(0, 2).logpdf(0.5)
   )
+
+
+# ---------------------------------------------------------------------------
+# Log-scales (a VAE's 0.5 * logvar): computed in log space
+# ---------------------------------------------------------------------------
+
+
+def _normal_kl_oracle(mu_p, log_sp, mu_q, log_sq):
+  """KL(N(mu_p, e^(2 log_sp)) || N(mu_q, e^(2 log_sq))) in float64 from the log-scales."""
+  y = 2.0 * (np.float64(log_sp) - np.float64(log_sq))
+  gap = (np.float64(mu_p) - np.float64(mu_q)) * np.exp(-np.float64(log_sq))
+  return 0.5 * (np.expm1(y) - y + gap * gap)
+
+
+LOGVARS = [-300.0, -180.0, -100.0, -20.0, -1e-3, 0.0, 3.0, 80.0]
+
+
+@pytest.mark.parametrize("mu", [0.0, 1.5])
+def test_normal_kl_from_log_scales_is_exact_where_exp_over_or_underflows(mu):
+  logvar, zero = jnp.asarray(LOGVARS, jnp.float32), jnp.float32(0)
+  kl = jaxdiv.normal_kl_divergence(
+    jnp.float32(mu), log_scale_p=0.5 * logvar, loc_q=zero, log_scale_q=zero
+  )
+  expected = [_normal_kl_oracle(mu, 0.5 * v, 0.0, 0.0) for v in np.asarray(logvar, np.float64)]
+  assert kl.dtype == jnp.float32
+  np.testing.assert_allclose(kl, expected, rtol=2e-6)
+  np.testing.assert_allclose(kl[1], 89.5 + 0.5 * mu**2, rtol=1e-6)  # logvar = -180
+
+
+def test_normal_kl_log_scale_gradients_are_finite_and_exact():
+  def kl(logvar, mu):
+    return jaxdiv.normal_kl_divergence(mu, log_scale_p=0.5 * logvar, loc_q=0.0, log_scale_q=0.0)
+
+  logvar = jnp.asarray(LOGVARS, jnp.float32)
+  mu = jnp.full_like(logvar, 0.5)
+  g_lv, g_mu = jax.vmap(jax.grad(kl, argnums=(0, 1)))(logvar, mu)
+  assert np.isfinite(g_lv).all() and np.isfinite(g_mu).all()
+  # d/dlogvar = (e^logvar - 1) / 2, d/dmu = mu (q = N(0, 1))
+  np.testing.assert_allclose(g_lv, 0.5 * np.expm1(np.asarray(logvar, np.float64)), rtol=1e-5)
+  np.testing.assert_allclose(g_mu, 0.5, rtol=1e-6)
+
+
+def test_normal_log_scale_q_tiny_keeps_the_mean_gap_exact():
+  # exp(100) overflows float32; the standardised gap 1e-30 * e^100 = 2.7e13 does not.
+  kl = jaxdiv.normal_kl_divergence(
+    jnp.float32(1e-30), log_scale_p=-100.0, loc_q=0.0, log_scale_q=jnp.float32(-100.0)
+  )
+  np.testing.assert_allclose(kl, _normal_kl_oracle(1e-30, -100, 0, -100), rtol=1e-5)
+  ce = jaxdiv.normal_cross_entropy(
+    jnp.float32(1e-30), log_scale_p=-100.0, loc_q=0.0, log_scale_q=jnp.float32(-100.0)
+  )
+  h = jaxdiv.normal_entropy(log_scale=jnp.float32(-100.0))
+  np.testing.assert_allclose(ce, h + kl, rtol=1e-6)
+
+
+def test_normal_cross_entropy_and_entropy_from_log_scales_match_float64():
+  log_sp, log_sq, mp, mq = -90.0, 0.3, 0.2, -0.4
+  ce = jaxdiv.normal_cross_entropy(
+    jnp.float32(mp), log_scale_p=jnp.float32(log_sp), loc_q=mq, log_scale_q=log_sq
+  )
+  h_p = 0.5 * (1 + math.log(2 * math.pi)) + log_sp
+  np.testing.assert_allclose(ce, h_p + _normal_kl_oracle(mp, log_sp, mq, log_sq), rtol=1e-6)
+  np.testing.assert_allclose(jaxdiv.normal_entropy(log_scale=jnp.float32(log_sp)), h_p, rtol=1e-7)
+  g = jax.grad(lambda s: jaxdiv.normal_cross_entropy(0.0, log_scale_p=s, loc_q=0.0, scale_q=1.0))
+  assert np.isfinite(g(jnp.float32(-90.0)))
+
+
+def test_normal_log_scale_and_scale_forms_agree_and_mix():
+  x64 = np.array([0.3, 1.0, 2.5])
+  for fn in (jaxdiv.normal_kl_divergence, jaxdiv.normal_cross_entropy):
+    scale_form = fn(0.1, x64, -0.2, 1.7)
+    np.testing.assert_allclose(
+      fn(0.1, log_scale_p=np.log(x64), loc_q=-0.2, log_scale_q=np.log(1.7)), scale_form, rtol=1e-13
+    )
+    np.testing.assert_allclose(fn(0.1, x64, -0.2, log_scale_q=np.log(1.7)), scale_form, rtol=1e-13)
+  np.testing.assert_allclose(
+    jaxdiv.normal_entropy(log_scale=np.log(x64)), jaxdiv.normal_entropy(x64), rtol=1e-14
+  )
+
+
+@pytest.mark.parametrize("fn", [jaxdiv.normal_kl_divergence, jaxdiv.normal_cross_entropy])
+def test_normal_exactly_one_scale_form_per_side(fn):
+  with pytest.raises(
+    TypeError, match=rf"{fn.__name__}: .*exactly one of `scale_p` and `log_scale_p`"
+  ):
+    fn(0.0, 1.0, 0.0, 1.0, log_scale_p=0.0)
+  with pytest.raises(
+    TypeError, match=r"exactly one of `scale_q` and `log_scale_q` \(got neither\)"
+  ):
+    fn(0.0, 1.0, 0.0)
+  with pytest.raises(TypeError, match=r"`loc_q` is required"):
+    fn(0.0, 1.0, scale_q=1.0)
+  with pytest.raises(TypeError, match=r"normal_entropy: .*exactly one of `scale` and `log_scale`"):
+    jaxdiv.normal_entropy()

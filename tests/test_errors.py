@@ -132,8 +132,12 @@ def test_labels_that_cannot_broadcast(name):
 def test_entropy_errors_name_its_logits_argument():
   with _raises(ValueError, "entropy", "given 2 times", "`p`", "`logits`"):
     jaxdiv.entropy(P, logits=P)
-  with _raises(ValueError, "entropy", "missing", "`p` or `logits`"):
+  with _raises(ValueError, "entropy", "given 2 times", "`p`", "`p_logits`"):
+    jaxdiv.entropy(P, p_logits=P)
+  with _raises(ValueError, "entropy", "missing", "`p` or `p_logits`"):
     jaxdiv.entropy()
+  with _raises(ValueError, "entropy", "logits once", "`p_logits`", "`logits`"):
+    jaxdiv.entropy(p_logits=P, logits=P)
 
 
 @pytest.mark.parametrize("name", ["binary_cross_entropy", "binary_kl_divergence"])
@@ -181,3 +185,113 @@ def test_errors_are_raised_at_trace_time_under_jit():
   with _raises(ValueError, "kl_divergence", "`axis`=5"):
     jax.jit(jaxdiv.kl_divergence, static_argnames="axis")(P, Q, axis=5)
   assert np.isfinite(jax.jit(jaxdiv.kl_divergence)(P, Q)).all()
+
+
+# ---------------------------------------------------------------------------
+# Static arguments of the wrong type, over the whole public API
+# ---------------------------------------------------------------------------
+
+_H, _W, _L = jnp.ones((2, 4)), jnp.ones((4, 3)) / 4, jnp.array([0, 2])
+
+
+def _mesh():
+  import jax
+
+  return jax.make_mesh((1,), ("x",))
+
+
+# A valid call of every public function: name -> (args, kwargs).
+PUBLIC_CALLS = {
+  **{
+    name: ((P,) if name == "entropy" else (P, Q), extra)
+    for name, extra in CATEGORICAL_CALLS.items()
+  },
+  "binary_cross_entropy": ((0.3, 0.6), {}),
+  "binary_kl_divergence": ((0.3, 0.6), {}),
+  "normal_kl_divergence": ((0.0, 1.0, 0.5, 2.0), {}),
+  "normal_cross_entropy": ((0.0, 1.0, 0.5, 2.0), {}),
+  "normal_entropy": ((2.0,), {}),
+  "mvn_kl_divergence": ((jnp.zeros(2), jnp.eye(2), jnp.ones(2), jnp.eye(2)), {}),
+  "mvn_cross_entropy": ((jnp.zeros(2), jnp.eye(2), jnp.ones(2), jnp.eye(2)), {}),
+  "mvn_entropy": ((jnp.eye(2),), {}),
+  "dirichlet_kl_divergence": ((jnp.ones(3), jnp.full(3, 2.0)), {}),
+  "kl_estimate": ((jnp.zeros(3), jnp.full(3, -0.1)), {}),
+  "sequence_kl_penalty": ((jnp.zeros((2, 3)), jnp.ones((2, 3)), jnp.array([0, 2])), {}),
+  "linear_cross_entropy": ((_H, _W, _L), {}),
+  "linear_kl_divergence": ((_H, _W, 0.5 * _H, _W), {}),
+  "linear_jensen_shannon_divergence": ((_H, _W, 0.5 * _H, _W), {}),
+  "sharded_cross_entropy": ((), {"labels": _L, "q_logits": jnp.zeros((2, 3))}),
+  "sharded_kl_divergence": ((), {"p_logits": jnp.ones((2, 3)), "q_logits": jnp.zeros((2, 3))}),
+}
+_NEEDS_MESH = ("sharded_cross_entropy", "sharded_kl_divergence")
+
+
+def _public_functions():
+  return sorted(
+    n
+    for n in dir(jaxdiv)
+    if not n.startswith("_") and inspect.isfunction(getattr(jaxdiv, n)) and n != "checked"
+  )
+
+
+def _public_call(name, **override):
+  args, kwargs = PUBLIC_CALLS[name]
+  if name in _NEEDS_MESH:
+    kwargs = {**kwargs, "mesh": _mesh(), "axis_name": "x"}
+  return getattr(jaxdiv, name)(*args, **{**kwargs, **override})
+
+
+def test_every_public_function_has_a_valid_call_here():
+  assert set(PUBLIC_CALLS) >= set(_public_functions())
+
+
+def _static_arguments():
+  """(function, argument) for every static argument: those checked mode leaves alone."""
+  out = []
+  for name in _public_functions():
+    roles = getattr(getattr(jaxdiv, name), "_jaxdiv_roles", {})
+    for arg, role in roles.items():
+      if role in ("axis", "unchecked") and arg != "mask":  # `mask` is an array
+        out.append((name, arg))
+  return out
+
+
+WRONG_TYPES = {"string": "wrong-type", "object": object(), "complex": 1j}
+
+
+@pytest.mark.parametrize("name, arg", _static_arguments())
+@pytest.mark.parametrize("wrong", WRONG_TYPES)
+def test_static_argument_of_the_wrong_type_names_the_argument(name, arg, wrong):
+  with pytest.raises((TypeError, ValueError)) as e:
+    _public_call(name, **{arg: WRONG_TYPES[wrong]})
+  message = str(e.value)
+  assert message.startswith(f"{name}: ") and f"`{arg}`" in message, message
+
+
+@pytest.mark.parametrize("name", [n for n, a in _static_arguments() if a == "base"])
+def test_base_accepts_bits_and_nats(name):
+  nats = _public_call(name)
+  np.testing.assert_array_equal(_public_call(name, base="nats"), nats)
+  np.testing.assert_allclose(_public_call(name, base="bits"), _public_call(name, base=2), rtol=0)
+  np.testing.assert_allclose(_public_call(name, base="bits"), nats / np.log(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("base", ["Bits", "e", "dits", ""])
+def test_base_strings_other_than_bits_and_nats_list_the_accepted_ones(base):
+  with _raises(ValueError, "kl_divergence", "`base`", "'bits' or 'nats'", repr(base)):
+    jaxdiv.kl_divergence(P, Q, base=base)
+
+
+@pytest.mark.parametrize("base", [True, 1j, [2, "x"]])
+def test_base_of_a_non_numeric_type_is_a_type_error(base):
+  with _raises(TypeError, "entropy", "`base` must be a positive number", "'bits' or 'nats'"):
+    jaxdiv.entropy(P, base=base)
+
+
+@pytest.mark.parametrize(
+  "arg, value", [("axis", 1.5), ("chunk_size", 8.0), ("token_chunk_size", "8")]
+)
+def test_integer_static_arguments_reject_floats_and_strings(arg, value):
+  name = "kl_divergence" if arg == "axis" else "linear_cross_entropy"
+  with _raises(TypeError, name, f"`{arg}`"):
+    _public_call(name, **{arg: value})

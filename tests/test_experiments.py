@@ -1,5 +1,7 @@
 """Every experiment's ``main`` in a tiny configuration, into a temporary folder."""
 
+import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import _io, blog_example, ce_vs_kl
+from experiments import _io, blog_example, ce_vs_kl, forward_vs_reverse, kl_estimators
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("ce_vs_kl_losses", "ce_vs_kl_checks", "ce_vs_kl_mode_collapse")
@@ -114,8 +116,6 @@ def test_ce_vs_kl_too_many_devices_is_a_clear_error(tmp_path):
   "argv, message",
   [
     (["--steps", "0"], "error: invalid configuration: steps must be >= 1"),
-    (["--optimizer", "lbfgs"], "error: invalid configuration: optimizer must be one of"),
-    (["--target-form", "labels"], "error: invalid configuration: target_form must be"),
     (["--label-smoothing", "1.5"], "error: invalid configuration: label_smoothing"),
   ],
 )
@@ -130,6 +130,8 @@ def test_ce_vs_kl_bad_config_is_one_line(tmp_path, argv, message):
   [
     (["--no-such-flag"], "error: unrecognized arguments: --no-such-flag"),
     (["--steps", "many"], "error: argument --steps: invalid int value: 'many'"),
+    (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs' (choose from 'adam', 'sgd')"),
+    (["--target-form", "labels"], "invalid choice: 'labels' (choose from 'logits', 'probs')"),
   ],
 )
 def test_ce_vs_kl_bad_flag_names_the_problem(tmp_path, capsys, argv, message):
@@ -181,3 +183,109 @@ def test_blog_example_main(tmp_path):
   assert r["true_value"] == -np.log(0.7)
   assert r["blog_numpy"]["kl"] == 0.3566749417565447
   assert abs(r["blog_error"]["kl"]) > 1e-9  # the clipping's error is real
+
+
+# ---------------------------------------------------------------------------
+# The command line: help, folders, Ctrl-C, missing extras
+# ---------------------------------------------------------------------------
+
+EXPERIMENTS = (blog_example, ce_vs_kl, forward_vs_reverse, kl_estimators)
+
+
+@pytest.mark.parametrize("module", EXPERIMENTS, ids=lambda m: m.__name__)
+def test_every_flag_has_a_description_and_its_choices(module):
+  parser = _io.config_parser(
+    module.Config, "d", getattr(module, "HELP", None), getattr(module, "CHOICES", None)
+  )
+  actions = {a.dest: a for a in parser._actions}
+  for field in dataclasses.fields(module.Config):
+    description = module.HELP[field.name]
+    assert description and not description.startswith("default"), field.name
+    assert actions[field.name].help == f"{description} (default: {field.default})"
+  for field, allowed in getattr(module, "CHOICES", {}).items():
+    assert tuple(actions[field].choices) == tuple(allowed)
+
+
+def test_help_lists_the_choices(capsys):
+  with pytest.raises(SystemExit) as e:
+    ce_vs_kl.main(["--help"])
+  assert e.value.code == 0
+  text = capsys.readouterr().out
+  assert "--optimizer {adam,sgd}" in text and "--target-form {logits,probs}" in text
+  assert "the optimiser of both runs" in text
+
+
+def test_unwritable_figures_folder_is_reported_as_the_figures_folder(tmp_path):
+  blocker = tmp_path / "a-file"
+  blocker.write_text("not a folder")
+  with pytest.raises(SystemExit, match=r"^error: figures folder .*a-file/sub.* is not writable"):
+    ce_vs_kl.main([*QUICK, "--out", str(tmp_path / "out"), "--figures", str(blocker / "sub")])
+
+
+def test_ctrl_c_says_where_the_run_stopped_exits_130_and_writes_nothing(
+  tmp_path, monkeypatch, capsys
+):
+  old = tmp_path / "ce_vs_kl.json"
+  old.write_text('{"old": true}\n')
+
+  def interrupted_run(config, progress):
+    progress("teacher: step 31/60")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(ce_vs_kl, "run", interrupted_run)
+  with pytest.raises(SystemExit) as e:
+    ce_vs_kl.main(["--quick", "--out", str(tmp_path)])
+  assert e.value.code == 130
+  err = capsys.readouterr().err
+  assert "interrupted (last progress: teacher: step 31/60)" in err and "Traceback" not in err
+  assert old.read_text() == '{"old": true}\n'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ce_vs_kl.json"]
+
+
+def test_ctrl_c_while_drawing_leaves_no_partial_figure(tmp_path, monkeypatch):
+  monkeypatch.setattr(ce_vs_kl, "run", lambda config, progress: {"done": True})
+
+  def interrupted_plot(results, out_dir):
+    (Path(out_dir) / "ce_vs_kl_losses.png").write_bytes(b"half a png")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(ce_vs_kl, "plot", interrupted_plot)
+  figures = tmp_path / "figures"
+  with pytest.raises(SystemExit) as e:
+    ce_vs_kl.main([*QUICK, "--out", str(tmp_path), "--figures", str(figures)])
+  assert e.value.code == 130
+  assert json.loads((tmp_path / "ce_vs_kl.json").read_text()) == {"done": True}
+  assert list(figures.iterdir()) == []
+
+
+def test_missing_optax_names_the_experiments_extra(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "optax", None)  # `import optax` now fails
+  with pytest.raises(SystemExit, match=r"forward_vs_reverse needs the `experiments` extra") as e:
+    forward_vs_reverse.main([*QUICK, "--no-plot", "--out", str(tmp_path)])
+  assert "optax is not installed" in str(e.value) and "pip install -e '.[experiments]'" in str(
+    e.value
+  )
+  assert not (tmp_path / "forward_vs_reverse.json").exists()
+  # a module-level import (ce_vs_kl imports optax when it is imported)
+  monkeypatch.delitem(sys.modules, "experiments.ce_vs_kl")
+  with pytest.raises(SystemExit, match=r"ce_vs_kl needs the `experiments` extra \(optax"):
+    importlib.import_module("experiments.ce_vs_kl")
+
+
+def test_missing_matplotlib_names_the_experiments_extra(tmp_path, monkeypatch):
+  (tmp_path / "forward_vs_reverse.json").write_text("{}\n")
+  monkeypatch.setitem(sys.modules, "matplotlib", None)
+  with pytest.raises(SystemExit, match=r"needs the `experiments` extra \(matplotlib"):
+    forward_vs_reverse.main(["--quiet", "--plot-only", "--out", str(tmp_path)])
+
+
+def test_forward_vs_reverse_reports_the_fitted_mean_and_standard_deviation():
+  fit = {"loc": [0.651], "scale": [3.14], "grid_mean": [0.6], "grid_var": [9.0]}
+  results = {
+    "checks": {"forward_matches_target_moments": True},
+    "target": {"grid_mean": 0.6, "grid_var": 9.0},
+    "fits": {name: fit for name in forward_vs_reverse.OBJECTIVES},
+  }
+  text = forward_vs_reverse._report(results)
+  assert "forward_kl: fitted means +0.600; standard deviations 3.000" in text
+  assert "0.651" not in text and "3.14" not in text

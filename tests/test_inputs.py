@@ -2,9 +2,11 @@
 
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _api import CATEGORICAL_CALLS
 
 import jaxdiv
 from jaxdiv import _inputs
@@ -60,8 +62,16 @@ def test_missing_q_is_a_value_error_listing_its_forms(fn):
 def test_entropy_given_twice_or_not_at_all():
   with pytest.raises(ValueError, match=r"entropy: .*given 2 times.*`p`.*`logits`"):
     jaxdiv.entropy(P, logits=P)
-  with pytest.raises(ValueError, match=r"entropy: .*missing.*`p` or `logits`"):
+  with pytest.raises(ValueError, match=r"entropy: .*missing.*`p` or `p_logits`"):
     jaxdiv.entropy()
+
+
+def test_entropy_takes_p_logits_like_every_other_function():
+  z = np.array([[0.0, 1.0, -np.inf], [2.0, 0.5, 0.1]])
+  np.testing.assert_array_equal(jaxdiv.entropy(p_logits=z), jaxdiv.entropy(logits=z))
+  np.testing.assert_allclose(
+    jaxdiv.entropy(p_logits=z), jaxdiv.cross_entropy(p_logits=z, q_logits=z), rtol=1e-12
+  )
 
 
 @pytest.mark.parametrize("fn", BINARY, ids=_name)
@@ -283,3 +293,94 @@ def test_label_mask_conventions():
   np.testing.assert_array_equal(ignored, [True, False, False, False, True])
   np.testing.assert_array_equal(out_of_range, [False, False, False, True, False])
   np.testing.assert_array_equal(index, [0, 0, 3, 0, 1])
+
+
+# ---------------------------------------------------------------------------
+# A distribution cannot broadcast along its own category axis
+# ---------------------------------------------------------------------------
+
+FAMILY = sorted(CATEGORICAL_CALLS)
+V5 = np.full((4, 5), 0.2)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY if n != "entropy"])
+@pytest.mark.parametrize("side", ["p", "q"])
+@pytest.mark.parametrize("shape", [(4, 1), (), (1,)])
+def test_probabilities_without_their_own_categories_are_a_value_error(name, side, shape):
+  fn = getattr(jaxdiv, name)
+  narrow = np.ones(shape)
+  args = (narrow, V5) if side == "p" else (V5, narrow)
+  what = "has no category axis" if len(shape) == 0 else "has a category axis .* of size 1"
+  with pytest.raises(
+    ValueError, match=rf"{name}: `{side}` with shape {re.escape(str(shape))} {what}.* 5 categories"
+  ) as e:
+    fn(*args, **CATEGORICAL_CALLS[name])
+  assert "cannot be broadcast along its own categories" in str(e.value)
+  assert "labels=" not in str(e.value)  # a float array: not a mistaken label
+
+
+@pytest.mark.parametrize("fn", TWO_DIST, ids=_name)
+def test_integer_probabilities_without_categories_suggest_labels(fn):
+  logits = np.arange(20.0).reshape(4, 5)
+  for labels in (np.array(3), np.ones((4, 1), np.int32)):
+    with pytest.raises(ValueError, match=r"`p` has dtype int.*`labels=`.*one_hot\(p, 5\)"):
+      fn(labels, q_logits=logits)
+  # the same values as labels are the intended call
+  np.testing.assert_allclose(
+    fn(labels=np.full(4, 3), q_logits=logits), -jax.nn.log_softmax(logits)[:, 3], rtol=1e-12
+  )
+
+
+def test_category_axis_follows_axis_and_batch_broadcasting_still_works():
+  with pytest.raises(ValueError, match=r"`p` with shape \(5,\) has no category axis"):
+    jaxdiv.kl_divergence(np.full(5, 0.2), np.full((3, 5), 1 / 3), axis=0)
+  # a p with its own 5 categories broadcasts along the batch of q
+  out = jaxdiv.kl_divergence(np.full(5, 0.2), V5)
+  np.testing.assert_array_equal(out, np.zeros(4))
+  # logits may still be constant along the categories (a uniform distribution)
+  np.testing.assert_allclose(jaxdiv.kl_divergence(V5, q_logits=np.zeros((4, 1))), 0, atol=1e-15)
+  # Dirichlet concentrations are parameters, not distributions: a scalar is symmetric
+  np.testing.assert_allclose(
+    jaxdiv.dirichlet_kl_divergence(np.ones(3), 2.0),
+    jaxdiv.dirichlet_kl_divergence(np.ones(3), np.full(3, 2.0)),
+    rtol=1e-15,
+  )
+
+
+# ---------------------------------------------------------------------------
+# A `where` over rows (padded tokens) names the form that works
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_where_with_the_batch_shape_names_mask_none(name):
+  z = np.zeros((2, 3, 5))
+  args = (z,) if name == "entropy" else (z + 0.2, z + 0.2)
+  with pytest.raises(ValueError, match=re.escape("where=mask[..., None]")) as e:
+    getattr(jaxdiv, name)(*args, where=np.ones((2, 3), bool), **CATEGORICAL_CALLS[name])
+  assert "`where` with shape (2, 3) has the batch shape" in str(e.value)
+
+
+def test_where_with_the_batch_shape_and_another_axis_names_expand_dims():
+  z = np.zeros((2, 5, 3))
+  with pytest.raises(ValueError, match=re.escape("where=jnp.expand_dims(mask, 1)")):
+    jaxdiv.kl_divergence(p_logits=z, q_logits=z, where=np.ones((2, 3), bool), axis=1)
+
+
+def test_token_masked_mean_with_mask_none():
+  """The documented distillation form: padded rows give 0 with zero gradient, even NaN ones."""
+  rng = np.random.default_rng(12)
+  t, s = rng.standard_normal((2, 3, 5)), rng.standard_normal((2, 3, 5))
+  token_mask = np.array([[True, True, False], [True, False, False]])
+  t[~token_mask] = np.nan  # padded positions may hold anything
+  s[~token_mask] = np.nan
+
+  def masked_mean(s):
+    loss = jaxdiv.kl_divergence(p_logits=t, q_logits=s, where=token_mask[..., None])
+    return loss.sum() / token_mask.sum()
+
+  expected = jaxdiv.kl_divergence(p_logits=t[token_mask], q_logits=s[token_mask]).mean()
+  np.testing.assert_allclose(masked_mean(s), expected, rtol=1e-12)
+  g = jax.grad(masked_mean)(s)
+  np.testing.assert_array_equal(g[~token_mask], 0.0)
+  assert np.isfinite(g).all()
