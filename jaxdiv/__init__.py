@@ -34,6 +34,8 @@ from jaxdiv._f_divergences import total_variation_distance as total_variation_di
 from jaxdiv._fused import linear_cross_entropy as linear_cross_entropy
 from jaxdiv._fused import linear_jensen_shannon_divergence as linear_jensen_shannon_divergence
 from jaxdiv._fused import linear_kl_divergence as linear_kl_divergence
+from jaxdiv._fused import linear_skew_kl_divergence as linear_skew_kl_divergence
+from jaxdiv._fused import linear_total_variation_distance as linear_total_variation_distance
 from jaxdiv._kl import binary_cross_entropy as binary_cross_entropy
 from jaxdiv._kl import binary_kl_divergence as binary_kl_divergence
 from jaxdiv._kl import cross_entropy as cross_entropy
