@@ -85,7 +85,7 @@ standard errors of the prediction (as vectors); unbiased variants end within
 ``*_tolerance`` nats of :math:`\pi^*`, biased ones beyond ``away_factor`` times it.
 
 Results go to ``OUT/kl_penalty.json``, figures to
-``FIGURES/kl_penalty_{bias,training,policies}.{png,pdf}``; ``--quick`` is a seconds-long
+``FIGURES/kl_penalty_{bias,training,policies}.{png,pdf}``; ``--quick`` is a small
 smoke configuration.
 
 References: J. Schulman, "Approximating KL Divergence" (2020); Y. Tang & R. Munos, "On a few
