@@ -5,7 +5,7 @@ probabilities (positional), logits (``p_logits=``/``q_logits=``) or, for the fir
 argument of cross-entropy and KL, integer ``labels``; they reduce ``axis`` only.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from jaxdiv import generators as generators
 from jaxdiv._checks import checked as checked

@@ -206,8 +206,8 @@ def normal_entropy(
   Example:
     >>> round(float(normal_entropy(1.0)), 6)
     1.418939
-    >>> round(float(normal_entropy(log_scale=-100.0)), 6)
-    -98.581061
+    >>> round(float(normal_entropy(log_scale=-100.0)), 4)  # float32: 7 significant digits
+    -98.5811
 
   References:
     Cover & Thomas (2006), section 8.1.
