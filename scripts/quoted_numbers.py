@@ -53,11 +53,16 @@ def documents() -> list[Path]:
   return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
+FENCE = re.compile(r"^ *(```|~~~).*?^ *\1", re.M | re.S)
+
+
 def quotes(path: Path) -> list[Quote]:
+  """The markers of one document, outside fenced code blocks (which only show the syntax)."""
   text = path.read_text()
+  fenced = [m.span() for m in FENCE.finditer(text)]
   out = []
   for m in MARKER.finditer(text):
-    if "_build" in path.parts:
+    if "_build" in path.parts or any(a <= m.start() < b for a, b in fenced):
       continue
     out.append(
       Quote(
