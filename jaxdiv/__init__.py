@@ -43,3 +43,8 @@ from jaxdiv._kl import entropy as entropy
 from jaxdiv._kl import kl_divergence as kl_divergence
 from jaxdiv._sharded import sharded_cross_entropy as sharded_cross_entropy
 from jaxdiv._sharded import sharded_kl_divergence as sharded_kl_divergence
+from jaxdiv._sharded import sharded_linear_cross_entropy as sharded_linear_cross_entropy
+from jaxdiv._sharded import (
+  sharded_linear_jensen_shannon_divergence as sharded_linear_jensen_shannon_divergence,
+)
+from jaxdiv._sharded import sharded_linear_kl_divergence as sharded_linear_kl_divergence
