@@ -70,6 +70,20 @@ single token. ``k3_loss`` follows :math:`\mathbb{E}[\sum_t \nabla\mathrm{KL}(\pi
 ``k3_reward`` :math:`\nabla \mathrm{KL}_{\mathrm{seq}} - \mathbb{E}[\sum_t
 \nabla\mathrm{KL}(\pi_{\mathrm{ref}}(\cdot \mid x_{<t}) \| \pi_\theta(\cdot \mid x_{<t}))]`.
 
+**Where the biased ones end.** The fixed point of ``k3_loss``'s expected gradient maximises
+:math:`\mathbb{E}_\pi[r] - \beta\,\mathrm{KL}(\pi_{\mathrm{ref}} \| \pi)`:
+:math:`\pi_i = \beta\, \pi_{\mathrm{ref}, i} / (\beta + c - r_i)` with :math:`c =
+\mathbb{E}_\pi[r]` fixed by the normalisation. ``k1_loss`` has none: it climbs towards the
+deterministic policy on the best action (or sequence), whose KL to :math:`\pi^*` is its
+limit. The per-token variants on sequences (``exact``, ``k2_loss``, k3+) end at the
+policy that, prefix by prefix, solves the one-token problem with the expected reward-to-go
+and no KL cost for later tokens (backward induction: :math:`\pi(a \mid h) \propto
+\pi_{\mathrm{ref}}(a \mid h)\, e^{Q(h, a)/\beta}`, :math:`Q` the expected reward only);
+``k3_loss`` on sequences at the same construction with the k3 fixed point per prefix. For
+``k3_reward`` no fixed point is computed (its objective :math:`\mathbb{E}[r] -
+\beta(\mathrm{KL}(\pi\|\pi_{\mathrm{ref}}) - \mathrm{KL}(\pi_{\mathrm{ref}}\|\pi))` is
+unbounded above at the vertices of the simplex).
+
 **What the run measures.** (a) Bandit: at fixed logits away from the reference, the mean of
 ``gradient_samples`` per-sample gradients of each variant (the same samples for all)
 against the exact :math:`\nabla J`: ``bias_norm``, its standard error ``bias_se`` (the
@@ -82,7 +96,8 @@ rate), the same batch size, steps and random draws for every variant, leave-one-
 baselines on the returns; ``KL(pi_theta || pi*)`` after every update. The run records its
 own claims: unbiased variants have ``bias_norm <= 3 bias_se``; biased ones are within 3
 standard errors of the prediction (as vectors); unbiased variants end within
-``*_tolerance`` nats of :math:`\pi^*`, biased ones beyond ``away_factor`` times it.
+``*_tolerance`` nats of :math:`\pi^*`, biased ones beyond ``away_factor`` times it, and those
+with a predicted fixed point within ``fixed_point_rtol`` of its KL to :math:`\pi^*`.
 
 Results go to ``OUT/kl_penalty.json``, figures to
 ``FIGURES/kl_penalty_{bias,training,policies}.{png,pdf}``; ``--quick`` is a small
@@ -158,6 +173,7 @@ class Config:
   sequence_learning_rate: float = 0.05
   sequence_tolerance: float = 0.02
   away_factor: float = 3.0  # biased variants end beyond this many tolerances
+  fixed_point_rtol: float = 0.1  # and within this fraction of their predicted fixed point
   log_every: int = 500
 
   def __post_init__(self):
@@ -193,6 +209,8 @@ class Config:
     for name in floats:
       if not getattr(self, name) > 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+    if not 0 < self.fixed_point_rtol < 1:
+      raise ValueError(f"fixed_point_rtol must be in (0, 1), got {self.fixed_point_rtol}")
     if not self.away_factor >= 1:
       raise ValueError(f"away_factor must be >= 1, got {self.away_factor}")
 
@@ -640,17 +658,23 @@ def _sequence_task(config, seq, key, progress):
   final, curves = _train(
     "sequence", SEQUENCE_VARIANTS, data, ref_tables, steps, lr, config, key, progress
   )
+  optimum = np.exp(np.asarray(log_opt))
+  predicted = _sequence_predictions(seq["reference_tables"], seq["rewards"], beta, optimum)
   training = {}
   for v in SEQUENCE_VARIANTS:
     probs = np.exp(np.asarray(_sequence_log_probs(final[v], all_tokens)))
-    training[v] = {"final_sequence_probs": probs, "kl_to_optimum": curves[v]}
+    training[v] = {
+      "final_sequence_probs": probs,
+      "kl_to_optimum": curves[v],
+      "predicted_final_kl": predicted[v],
+    }
   return {
     "beta": beta,
     "exact_gradient_norm": float(np.linalg.norm(exact)),
     "gradient": gradient,
     "horizon": config.horizon,
     "num_tokens": config.num_tokens,
-    "optimum_sequence_probs": np.exp(np.asarray(log_opt)),
+    "optimum_sequence_probs": optimum,
     "reference_sequence_probs": np.exp(np.asarray(log_ref_seq)),
     "rewards": np.asarray(rewards),
     "training": training,
@@ -658,18 +682,110 @@ def _sequence_task(config, seq, key, progress):
 
 
 # ---------------------------------------------------------------------------
+# Where each biased variant should end: the fixed point of its expected gradient
+# ---------------------------------------------------------------------------
+
+
+def _k3_fixed_point(ref_probs, values, beta):
+  """argmax over pi of E_pi[values] - beta KL(ref || pi), the stationary point of k3 in the loss.
+
+  Stationarity pi (values - c) = beta (pi - ref) gives pi_i = beta ref_i / (beta + c - values_i)
+  with c = E_pi[values]; the normalisation fixes c in (max values - beta, max values], where
+  the sum falls from +inf to at most 1 (bisection).
+  """
+  lo, hi = values.max() - beta, values.max()
+  for _ in range(200):
+    mid = 0.5 * (lo + hi)
+    if np.sum(beta * ref_probs / (beta + mid - values)) > 1:
+      lo = mid
+    else:
+      hi = mid
+  pi = beta * ref_probs / (beta + hi - values)
+  return pi / pi.sum()
+
+
+def _per_token_fixed_point(ref_probs, values, beta):
+  """argmax over pi of E_pi[values] - beta KL(pi || ref): pi ∝ ref exp(values / beta)."""
+  pi = ref_probs * np.exp((values - values.max()) / beta)
+  return pi / pi.sum()
+
+
+def _backward_induction(ref_conditionals, rewards, beta, rule):
+  """The tabular policy whose every prefix solves ``rule`` with the expected reward-to-go.
+
+  These are the fixed points of gradients that treat each token's penalty locally (they
+  never carry a KL cost back to earlier tokens): per-token exact KL, k2 and k3+ in the loss
+  (``_per_token_fixed_point``) and k3 in the loss (``_k3_fixed_point``). Returns the
+  sequence probabilities, lexicographic order.
+  """
+  num_tokens, horizon = ref_conditionals[0].shape[-1], len(ref_conditionals)
+  value, policy = rewards, [None] * horizon
+  for t in reversed(range(horizon)):
+    q = value.reshape(num_tokens**t, num_tokens)
+    policy[t] = np.stack([rule(ref_conditionals[t][h], q[h], beta) for h in range(len(q))])
+    value = np.sum(policy[t] * q, axis=1)
+  idx = np.arange(num_tokens**horizon)
+  log_p = np.zeros(len(idx))
+  for t in range(horizon):
+    log_p += np.log(
+      policy[t][
+        idx // num_tokens ** (horizon - t), (idx // num_tokens ** (horizon - 1 - t)) % num_tokens
+      ]
+    )
+  return np.exp(log_p)
+
+
+def _np_softmax(z):
+  z = np.asarray(z, np.float64)
+  e = np.exp(z - z.max())
+  return e / e.sum()
+
+
+def _kl(p, q) -> float:
+  return float(jaxdiv.kl_divergence(jnp.asarray(p), jnp.asarray(q)))
+
+
+def _bandit_predictions(bandit, optimum) -> dict:
+  """Predicted KL(pi || pi*) at the end of training; None where no fixed point is known."""
+  ref = _np_softmax(bandit["reference_logits"])
+  rewards, beta = np.asarray(bandit["rewards"]), bandit["beta"]
+  out = {v: 0.0 for v in BANDIT_UNBIASED}
+  out["k3_loss"] = _kl(_k3_fixed_point(ref, rewards, beta), optimum)
+  out["k1_loss"] = _kl(np.eye(len(rewards))[np.argmax(rewards)], optimum)  # the limit
+  out["k3_reward"] = None
+  return out
+
+
+def _sequence_predictions(ref_tables, rewards, beta, optimum) -> dict:
+  conds = [np.stack([_np_softmax(row) for row in tab]) for tab in ref_tables]
+  per_token = _backward_induction(conds, rewards, beta, _per_token_fixed_point)
+  out = {v: 0.0 for v in SEQUENCE_UNBIASED}
+  for v in ("exact", "k2_loss", "k3_straight_through_loss"):
+    out[v] = _kl(per_token, optimum)
+  out["k3_loss"] = _kl(_backward_induction(conds, rewards, beta, _k3_fixed_point), optimum)
+  out["k1_loss"] = _kl(np.eye(len(rewards))[np.argmax(rewards)], optimum)  # the limit
+  out["k3_reward"] = None
+  return out
+
+
+# ---------------------------------------------------------------------------
 # The whole run
 # ---------------------------------------------------------------------------
 
 
-def _training_claims(prefix, training, unbiased, tol, away) -> dict:
+def _training_claims(prefix, training, unbiased, config, tol) -> dict:
   checks = {}
   for v, row in training.items():
-    final = row["kl_to_optimum"][-1]
+    final, predicted = row["kl_to_optimum"][-1], row["predicted_final_kl"]
     if v in unbiased:
       checks[f"{prefix}/{v}/ends_within_tolerance"] = final <= tol
     else:
-      checks[f"{prefix}/{v}/ends_away"] = final > away * tol
+      checks[f"{prefix}/{v}/ends_away"] = final > config.away_factor * tol
+      if predicted is not None and v != "k1_loss":  # k1_loss's prediction is a limit
+        rtol = config.fixed_point_rtol
+        checks[f"{prefix}/{v}/ends_at_predicted_fixed_point"] = (
+          abs(final - predicted) <= rtol * predicted
+        )
   return checks
 
 
@@ -684,6 +800,9 @@ def run(config: Config, progress=None) -> dict:
   b = problems["bandit"]
   gradient_part, checks = _bandit_gradients(config, b, k_grad, progress)
   training, optimum = _bandit_training(config, b, k_bandit, progress)
+  predicted = _bandit_predictions({**b, "beta": config.beta}, optimum)
+  for v, row in training.items():
+    row["predicted_final_kl"] = predicted[v]
   bandit = {
     "beta": config.beta,
     "gradient_logits": b["gradient_logits"],
@@ -702,9 +821,9 @@ def run(config: Config, progress=None) -> dict:
       checks[f"sequence/{v}/expected_gradient_unbiased"] = row["expected_bias_norm"] <= 1e-9 * scale
     else:
       checks[f"sequence/{v}/expected_gradient_biased"] = row["expected_bias_norm"] > 1e-3 * scale
-  tol_b, tol_s, away = config.bandit_tolerance, config.sequence_tolerance, config.away_factor
-  checks |= _training_claims("bandit", bandit["training"], BANDIT_UNBIASED, tol_b, away)
-  checks |= _training_claims("sequence", sequence["training"], SEQUENCE_UNBIASED, tol_s, away)
+  b_tol, s_tol = config.bandit_tolerance, config.sequence_tolerance
+  checks |= _training_claims("bandit", bandit["training"], BANDIT_UNBIASED, config, b_tol)
+  checks |= _training_claims("sequence", sequence["training"], SEQUENCE_UNBIASED, config, s_tol)
   return {
     "all_claims_pass": all(checks.values()),
     "bandit": bandit,
@@ -722,26 +841,29 @@ def table(results: dict) -> str:
     f"exact |grad J| = {b['exact_gradient_norm']:.4g} (bandit), "
     f"{s['exact_gradient_norm']:.4g} (sequence)",
     "",
-    "| variant | theory | bias norm ± SE | predicted | std | final KL bandit | "
-    "sequence bias (exact) | final KL sequence |",
+    "| variant | theory | bias norm ± SE | predicted | std | final KL bandit (predicted) | "
+    "sequence bias (exact) | final KL sequence (predicted) |",
     "|---|---|---|---|---|---|---|---|",
   ]
+
+  def final(row):
+    pred = row["predicted_final_kl"]
+    return f"{row['kl_to_optimum'][-1]:.3g} ({'?' if pred is None else format(pred, '.3g')})"
+
   for v in SEQUENCE_VARIANTS:
     g = b["gradient"].get(v)
-    t = b["training"].get(v)
-    sg, st = s["gradient"][v], s["training"][v]
     cells = (
       [
         "unbiased" if g["theory_unbiased"] else "biased",
         f"{g['bias_norm']:.4g} ± {g['bias_se']:.2g}",
         f"{g['predicted_bias_norm']:.4g}",
         f"{g['std']:.4g}",
-        f"{t['kl_to_optimum'][-1]:.3g}",
+        final(b["training"][v]),
       ]
       if g
       else ["-"] * 5
     )
-    cells += [f"{sg['expected_bias_norm']:.3g}", f"{st['kl_to_optimum'][-1]:.3g}"]
+    cells += [f"{s['gradient'][v]['expected_bias_norm']:.3g}", final(s["training"][v])]
     lines.append(f"| {v} | " + " | ".join(cells) + " |")
   failed = [k for k, ok in results["claims"].items() if not ok]
   lines.append(
@@ -753,12 +875,6 @@ def table(results: dict) -> str:
 # ---------------------------------------------------------------------------
 # Figures (from the results only)
 # ---------------------------------------------------------------------------
-
-
-def _softmax(z):
-  z = np.asarray(z, np.float64)
-  e = np.exp(z - z.max())
-  return e / e.sum()
 
 
 def _ordered(rows: dict, order) -> list:
@@ -824,6 +940,10 @@ def plot(results: dict, out_dir) -> list:
       kl = np.maximum(np.asarray(task["training"][v]["kl_to_optimum"]), 1e-9)
       ls = "--" if v == "k3_straight_through_loss" else "-"
       ax.plot(np.arange(len(kl)), kl, ls, color=colors[v], lw=1.0, label=v)
+      predicted = task["training"][v]["predicted_final_kl"]
+      if predicted:  # the fixed point of the variant's expected gradient (k1_loss: its limit)
+        ax.plot(1.03 * (len(kl) - 1), predicted, "<", color=colors[v], ms=6, clip_on=False)
+    ax.plot([], [], "<", color="0.3", label="predicted end")
     ax.axhline(tol, color="k", ls=":", lw=1, label="tolerance")
     ax.set_yscale("log")
     ax.set_xlabel("update")
@@ -838,11 +958,11 @@ def plot(results: dict, out_dir) -> list:
   )
   k = len(b["rewards"])
   ax1.bar(np.arange(k), b["optimum_probs"], color="0.85", label="pi*")
-  ax1.plot(np.arange(k), _softmax(b["reference_logits"]), "k--", lw=1, label="pi_ref")
+  ax1.plot(np.arange(k), _np_softmax(b["reference_logits"]), "k--", lw=1, label="pi_ref")
   bvs = _ordered(b["training"], SEQUENCE_VARIANTS)
   for i, v in enumerate(bvs):
     shift = (i - (len(bvs) - 1) / 2) * 0.09
-    q = _softmax(b["training"][v]["final_logits"])
+    q = _np_softmax(b["training"][v]["final_logits"])
     ax1.plot(np.arange(k) + shift, q, "o", ms=4, color=colors[v])
   ax1.set_xlabel("action")
   ax1.set_ylabel("probability")

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
 from experiments import _io, kl_penalty
 
@@ -115,9 +116,29 @@ def test_recorded_claims_hold(results):
       np.testing.assert_allclose(last, _kl(q, opt), rtol=1e-6, atol=1e-12)  # after the last update
       assert row["kl_to_optimum"][0] > 10 * tol, v  # every run starts far from pi*
       if v in unbiased:
-        assert last <= tol, v
+        assert last <= tol and row["predicted_final_kl"] == 0.0, v
       else:
         assert last > cfg["away_factor"] * tol, v
+  for task, name in ((b, "k3_loss"), (s, "exact"), (s, "k2_loss"), (s, "k3_loss")):
+    row = task["training"][name]
+    assert abs(row["kl_to_optimum"][-1] / row["predicted_final_kl"] - 1) <= cfg["fixed_point_rtol"]
+
+
+def test_k3_loss_fixed_point_and_k1_loss_limit(results):
+  """The bandit predictions, recomputed with scipy's root finder from the recorded problem."""
+  b = results["bandit"]
+  ref, r, beta = _softmax(b["reference_logits"]), np.asarray(b["rewards"]), b["beta"]
+  opt = _softmax(np.log(ref) + r / beta)
+  c = brentq(lambda c: np.sum(beta * ref / (beta + c - r)) - 1, r.max() - beta + 1e-12, r.max())
+  pi = beta * ref / (beta + c - r)
+  np.testing.assert_allclose(pi.sum(), 1.0, rtol=1e-10)
+  np.testing.assert_allclose(pi * (r - pi @ r), beta * (pi - ref), atol=1e-10)  # stationary
+  np.testing.assert_allclose(
+    b["training"]["k3_loss"]["predicted_final_kl"], _kl(pi, opt), rtol=1e-8
+  )
+  limit = -np.log(opt[np.argmax(r)])
+  np.testing.assert_allclose(b["training"]["k1_loss"]["predicted_final_kl"], limit, rtol=1e-10)
+  assert b["training"]["k3_reward"]["predicted_final_kl"] is None
 
 
 def test_rerun_is_byte_identical_and_figures_come_from_the_json(quick_run, tmp_path):
