@@ -33,8 +33,11 @@ PROGRAM = textwrap.dedent(
 
   out = sys.argv[1]
   assert jax.device_count() == 4, jax.devices()
-  mesh = jax.make_mesh((4,), ("vocab",))
+  auto = jax.sharding.AxisType.Auto
+  mesh = jax.make_mesh((4,), ("vocab",), axis_types=(auto,))
+  mesh2 = jax.make_mesh((2, 2), ("data", "vocab"), axis_types=(auto, auto))
   put = lambda x, *spec: jax.device_put(x, NamedSharding(mesh, P(*spec)))
+  put2 = lambda x, *spec: jax.device_put(x, NamedSharding(mesh2, P(*spec)))
   kw = dict(mesh=mesh, axis_name="vocab")
   rng = np.random.default_rng(0)
   N, V = 6, 16
@@ -43,14 +46,40 @@ PROGRAM = textwrap.dedent(
   lab = put(np.array([0, 5, -1, 15, 3, 9], np.int32))
   c = put(rng.normal(size=N).astype(np.float32))
   cases = {
-    "ce_labels": lambda a, b: jaxdiv.sharded_cross_entropy(labels=lab, q_logits=b, **kw),
-    "ce_logits": lambda a, b: jaxdiv.sharded_cross_entropy(p_logits=a, q_logits=b, **kw),
-    "kl_logits": lambda a, b: jaxdiv.sharded_kl_divergence(p_logits=a, q_logits=b, **kw),
+    "ce_labels": lambda a, b, lab: jaxdiv.sharded_cross_entropy(labels=lab, q_logits=b, **kw),
+    "ce_logits": lambda a, b, _: jaxdiv.sharded_cross_entropy(p_logits=a, q_logits=b, **kw),
+    "kl_logits": lambda a, b, _: jaxdiv.sharded_kl_divergence(p_logits=a, q_logits=b, **kw),
   }
+  # The fused losses on a data x vocabulary mesh: rows over processes' devices, columns too.
+  D = 3
+  h = put2(rng.normal(size=(N + 2, D)).astype(np.float32), "data", None)
+  w = put2(rng.normal(size=(D, V)).astype(np.float32), None, "vocab")
+  w2 = put2(rng.normal(size=(D, V)).astype(np.float32), None, "vocab")
+  lab2 = put2(np.array([0, 5, -1, 15, 3, 9, 2, 11], np.int32), "data")
+  kw2 = dict(mesh=mesh2, axis_name="vocab", data_axis_name="data", chunk_size=3)
+  # A multi-process jit takes global arrays as arguments (a closed-over one cannot be a
+  # constant), so the labels, the other head and the row weights are passed in.
+  cf = put2(np.linspace(-1, 1, N + 2).astype(np.float32), "data")
+  fused = {
+    "fused_ce": lambda a, b, lb, _: jaxdiv.sharded_linear_cross_entropy(
+      a, b, lb, label_smoothing=0.1, **kw2
+    ),
+    "fused_kl": lambda a, b, _, b2: jaxdiv.sharded_linear_kl_divergence(a, b, a, b2, **kw2),
+    "fused_jsd": lambda a, b, _, b2: jaxdiv.sharded_linear_jensen_shannon_divergence(
+      a, b2, a, b, weight=0.3, **kw2
+    ),
+  }
+  # every run: (differentiated a, b, labels, another head, row weights)
+  runs = [(k, lambda a, b, lb, _, f=f: f(a, b, lb), (zp, zq, lab, zq, c)) for k, f in cases.items()]
+  runs += [(k, f, (h, w, lab2, w2, cf)) for k, f in fused.items()]
   result = {}
-  for name, f in cases.items():
-    loss = lambda a, b: (jnp.sum(f(a, b) * c), f(a, b))
-    (_, v), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(zp, zq)
+  for name, f, args in runs:
+
+    def loss(a, b, lb, x, cc, f=f):
+      v = f(a, b, lb, x)
+      return jnp.sum(v * cc), v
+
+    (_, v), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(*args)
     result[name] = [multihost_utils.process_allgather(x, tiled=True).tolist() for x in (v, *grads)]
     result[name + "/specs"] = [str(g.sharding.spec) for g in grads]
 
