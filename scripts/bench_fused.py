@@ -60,7 +60,7 @@ class Config:
   cases: tuple[str, ...] = CASES
 
 
-QUICK = Config(num_tokens=512, hidden=32, vocab=4096, chunk_size=512, token_chunk_size=128)
+QUICK = Config(num_tokens=256, hidden=32, vocab=4096, chunk_size=512, token_chunk_size=64)
 
 
 def _inputs(config: Config):
