@@ -94,7 +94,8 @@ def _dist(log_p: Array):
 def _prepare(fn, mesh, axis_name, arrays, where):
   """Align dense [..., V] inputs (category axis last) and ``where``; dtype and specs."""
   names = [k for k, v in arrays.items() if v is not None]
-  srcs = [_inputs.Source("logits", k, jnp.asarray(arrays[k])) for k in names]
+  kinds = {"p": "probs"}  # probabilities must carry their own category axis (align checks)
+  srcs = [_inputs.Source(kinds.get(k, "logits"), k, jnp.asarray(arrays[k])) for k in names]
   for s in srcs:
     if not jnp.issubdtype(s.value.dtype, jnp.floating):
       raise TypeError(f"{fn}: `{s.name}` must be floating point, got dtype {s.value.dtype}.")

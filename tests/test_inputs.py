@@ -384,3 +384,10 @@ def test_token_masked_mean_with_mask_none():
   g = jax.grad(masked_mean)(s)
   np.testing.assert_array_equal(g[~token_mask], 0.0)
   assert np.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", ["sharded_cross_entropy", "sharded_kl_divergence"])
+def test_sharded_probabilities_need_their_own_categories(name):
+  mesh = jax.make_mesh((1,), ("x",))
+  with pytest.raises(ValueError, match=rf"{name}: `p` with shape \(4, 1\) has a category axis"):
+    getattr(jaxdiv, name)(np.ones((4, 1)), q_logits=np.zeros((4, 5)), mesh=mesh, axis_name="x")
