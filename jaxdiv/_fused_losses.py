@@ -1,18 +1,21 @@
 r"""The fused losses' algorithms: per-row statistics, values and closed-form derivatives.
 
-Each loss is a small class with three static methods, built from the block helpers of
+Each loss is a small class of static methods, built from the block helpers of
 :mod:`jaxdiv._blocks`:
 
-* ``stats(pb, rows)``: walks the vocabulary for a block of rows and returns per-row
+* ``stats(pb, st, rows)``: walks the vocabulary for a block of rows and returns per-row
   statistics (``[n]`` arrays);
-* ``value(pb, stats)``: the per-row loss from the statistics;
-* ``dlogits(pb, rows, cols, stats, g)``: for one block, the cotangent of each side's
-  (transformed) logits, as ``{side: (dz, block)}``;
+* ``value(pb, st, stats)``: the per-row loss from the statistics;
+* ``dlogits(pb, st, rows, cols, stats, g, needs)``: for one block, the cotangent of the
+  (transformed) logits of each side in ``needs``, as ``{side: (dz, block)}``;
+* ``dmix(pb, st, stats, g)``, for the losses with a differentiable mixture weight.
 
-plus ``doptions(pb, stats, g)`` for differentiable options (a mixture weight). A generic
-:func:`jax.custom_vjp` driver (:func:`fused`) loops over blocks of rows, keeps only the
-statistics for the backward pass, and turns each recomputed block's cotangent into the
-gradients of ``hidden``, ``weight`` or ``logits`` of the sides being differentiated.
+``pb`` is the :class:`Problem` (the sides, the head's transform, the mask, labels and
+options in the compute dtype) and ``st`` the trace-time :class:`Static` configuration. A
+generic :func:`jax.custom_vjp` driver (:func:`fused`) loops over blocks of rows, keeps only
+the statistics for the backward pass, applies the derivative of the logit transform, and
+turns each recomputed block's cotangent into the gradients of ``hidden``, ``weight`` or
+``logits`` of the sides being differentiated.
 """
 
 from __future__ import annotations

@@ -559,6 +559,24 @@ def test_forward_over_reverse_hessian_vector_products_match_core():
 # ---------------------------------------------------------------------------
 
 
+def test_a_repeated_eager_call_compiles_nothing(caplog):
+  h, w = _data(29, jnp.float32)
+  calls = (
+    lambda: linear_cross_entropy(h, w, LABELS, temperature=2.0, label_smoothing=0.1),
+    lambda: jax.grad(lambda h: linear_kl_divergence(h, w, h, w).sum())(h),
+  )
+  for call in calls:
+    jax.block_until_ready(call())
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level("WARNING", logger="jax"):
+      for call in calls:
+        jax.block_until_ready(call())
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  assert not [r for r in caplog.records if "ompil" in r.getMessage()]
+
+
 def test_labels_may_be_given_by_keyword():
   h, w = _data(27)
   chex.assert_trees_all_close(
