@@ -10,7 +10,10 @@ tokens, two ways:
   ``jaxdiv.cross_entropy(labels=labels, q_logits=hidden @ weight).sum()``;
 * ``kl_divergence``: :func:`jaxdiv.linear_kl_divergence` with the teacher as ``[N, V]``
   logits (KL(teacher || student), the student ``hidden @ weight``) against the naive
-  ``jaxdiv.kl_divergence(p_logits=teacher, q_logits=hidden @ weight).sum()``.
+  ``jaxdiv.kl_divergence(p_logits=teacher, q_logits=hidden @ weight).sum()``;
+* with ``--cases``, also ``jensen_shannon`` (weight 0.5), ``skew_kl`` (alpha 0.1) and
+  ``total_variation``, the teacher as logits in the same way, against the core
+  ``jensen_shannon_divergence``, ``skew_kl_divergence`` and ``total_variation_distance``.
 
 Reported per loss: the compiled temporaries of both (``memory_analysis()
 .temp_size_in_bytes``, a deterministic compile-time figure) and their ratio (target
@@ -44,7 +47,18 @@ import numpy as np
 import jaxdiv
 
 NAME = "bench_fused"
-CASES = ("cross_entropy", "kl_divergence")
+CASES = ("cross_entropy", "kl_divergence")  # the default run
+PAIRS = {  # fused loss, core function, options (the teacher as p_logits, the student as q)
+  "kl_divergence": ("linear_kl_divergence", "kl_divergence", {}),
+  "jensen_shannon": (
+    "linear_jensen_shannon_divergence",
+    "jensen_shannon_divergence",
+    {"weight": 0.5},
+  ),
+  "skew_kl": ("linear_skew_kl_divergence", "skew_kl_divergence", {"alpha": 0.1}),
+  "total_variation": ("linear_total_variation_distance", "total_variation_distance", {}),
+}
+ALL_CASES = ("cross_entropy", *PAIRS)
 _PROGRESS = functools.partial(print, flush=True)
 
 
@@ -85,12 +99,14 @@ def _losses(case: str, config: Config):
       return jaxdiv.cross_entropy(labels=y, q_logits=h @ w).sum()
 
   else:
+    fused_name, core_name, opts = PAIRS[case]
+    fused_fn, core_fn = getattr(jaxdiv, fused_name), getattr(jaxdiv, core_name)
 
     def fused(h, w, zp):
-      return jaxdiv.linear_kl_divergence(q_hidden=h, q_weight=w, p_logits=zp, **chunks).sum()
+      return fused_fn(q_hidden=h, q_weight=w, p_logits=zp, **opts, **chunks).sum()
 
     def naive(h, w, zp):
-      return jaxdiv.kl_divergence(p_logits=zp, q_logits=h @ w).sum()
+      return core_fn(p_logits=zp, q_logits=h @ w, **opts).sum()
 
   return fused, naive
 
@@ -190,7 +206,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="a small smoke-test shape")
   parser.add_argument("--out", default="results", help="folder for bench_fused.json")
-  parser.add_argument("--cases", nargs="+", choices=CASES, default=None, help="default: both")
+  parser.add_argument(
+    "--cases", nargs="+", choices=ALL_CASES, default=None, help=f"default: {' '.join(CASES)}"
+  )
   for field in dataclasses.fields(Config):
     if field.name != "cases":
       parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=None)
