@@ -48,8 +48,7 @@ autodoc_typehints = "signature"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-# Docstrings name sections "See also:" and "References:"; napoleon renders both.
-napoleon_custom_sections = [("References", "params_style")]
+# Docstrings name sections "See also:" and "References:"; napoleon knows both.
 # Attribute types come from the signature; the docstrings' Attributes sections say the rest.
 napoleon_attr_annotations = False
 add_module_names = False

@@ -32,36 +32,33 @@ PEER_EXTRA = {
 }
 
 
-def _table(header: list[str], rows: list[list[str]], widths: list[int]) -> nodes.table:
+def _table(
+  header: list[str], rows: list[list[str]], widths: list[int], literal: set[int]
+) -> nodes.table:
+  """A docutils table; the cells of the columns in ``literal`` are set as code."""
   table = nodes.table(classes=["generated-table"])
   group = nodes.tgroup(cols=len(header))
   table += group
   for w in widths:
     group += nodes.colspec(colwidth=w)
 
-  def row(cells, literal):
+  def row(cells, code_columns):
     r = nodes.row()
-    for c in cells:
-      entry = nodes.entry()
+    for i, c in enumerate(cells):
       para = nodes.paragraph()
-      para += nodes.literal(text=c) if literal and c not in ("", "—") else nodes.Text(c)
+      code = i in code_columns and c not in ("", "—")
+      para += nodes.literal(text=c) if code else nodes.Text(c)
+      entry = nodes.entry()
       entry += para
       r += entry
     return r
 
   head = nodes.thead()
-  head += row(header, literal=False)
+  head += row(header, set())
   group += head
   body = nodes.tbody()
   for cells in rows:
-    r = nodes.row()
-    for i, c in enumerate(cells):
-      entry = nodes.entry()
-      para = nodes.paragraph()
-      para += nodes.Text(c) if i == 0 or c in ("", "—") else nodes.literal(text=c)
-      entry += para
-      r += entry
-    body += r
+    body += row(cells, literal)
   group += body
   return table
 
@@ -83,7 +80,7 @@ class PeersTable(SphinxDirective):
       cells.append("; ".join(extra) if extra else "—")
       out.append(cells)
     header = ["edge case"] + [name for _, name in PEER_COLUMNS] + ["other"]
-    return [_table(header, out, [30, 12, 12, 10, 8, 12, 16])]
+    return [_table(header, out, [30, 12, 12, 10, 8, 12, 16], literal={1, 2, 3, 4, 5})]
 
 
 class KLEstimatorsTable(SphinxDirective):
@@ -119,7 +116,7 @@ class KLEstimatorsTable(SphinxDirective):
       "exact",
       "measured",
     ]
-    return [_table(header, out, [8, 8, 10, 10, 18, 10, 10, 18])]
+    return [_table(header, out, [8, 8, 10, 10, 18, 10, 10, 18], literal=set())]
 
 
 def setup(app):

@@ -9,10 +9,18 @@ that does not convert fails the build with its source, rather than shipping raw 
 from __future__ import annotations
 
 import html
+import re
 
 from docutils import nodes
 from latex2mathml.converter import convert
 from sphinx.errors import ExtensionError
+
+# latex2mathml writes \log as a bare <mi>, which browsers set flush against its argument;
+# TeX puts a thin space there (but not before a parenthesis).
+_FUNCTION = re.compile(
+  r"(<mi>(?:log|ln|exp|lg|sin|cos|tan|sinh|cosh|tanh|det|dim|arg|ker|deg|Pr)</mi>)"
+  r"(?!<mo[^>]*>&#x00028;)"
+)
 
 
 def _mathml(latex: str, display: str) -> str:
@@ -20,6 +28,7 @@ def _mathml(latex: str, display: str) -> str:
     out = convert(latex.strip(), display=display)
   except Exception as e:  # noqa: BLE001 -- any converter failure becomes a build error
     raise ExtensionError(f"latex2mathml could not convert {latex!r}: {e}") from e
+  out = _FUNCTION.sub(r'\1<mspace width="0.1667em"></mspace>', out)
   # The TeX source travels along as an annotation-free title, for copy and screen readers.
   return out.replace("<math ", f'<math alttext="{html.escape(latex.strip())}" ', 1)
 
