@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
@@ -644,26 +643,6 @@ def _linear_sharded(
   return _entry(lay)(arrays, labels, where, opts)
 
 
-def _head_options(fn, temperature, soft_cap, **extra):
-  """Trace-time flags and scalar option arrays, as the fused losses take them."""
-  flags, opts = {}, {}
-  for name, value, default in (("temperature", temperature, 1.0), ("soft_cap", soft_cap, None)):
-    if value is None or (not isinstance(value, jax.core.Tracer) and value == default):
-      continue
-    if not isinstance(value, jax.core.Tracer):
-      if jnp.ndim(value) != 0 or not float(value) > 0:
-        raise ValueError(f"{fn}: `{name}` must be a positive scalar, got {value!r}.")
-    flags[name], opts[name] = True, jnp.asarray(value)
-  for name, (value, low, high, key) in extra.items():
-    if not isinstance(value, jax.core.Tracer):
-      if jnp.ndim(value) != 0 or not low <= float(value) < high:
-        raise ValueError(f"{fn}: `{name}` must be a scalar in [{low}, {high}), got {value!r}.")
-      if float(value) == 0:
-        continue
-    flags[key], opts[key] = True, jnp.asarray(value)
-  return flags, opts
-
-
 _MESH_ROLES = dict(mesh="unchecked", axis_name="unchecked", data_axis_name="unchecked")
 _HEAD_ROLES = dict(temperature="unchecked", soft_cap="unchecked")
 
@@ -739,7 +718,7 @@ def sharded_linear_cross_entropy(
     temperature: divides the (capped) logits.
     soft_cap: optional cap of the logits, ``soft_cap * tanh(z / soft_cap)``.
     z_loss: weight of the ``logsumexp(z)^2`` term.
-    label_smoothing: :math:`\varepsilon \in [0, 1)`.
+    label_smoothing: :math:`\varepsilon \in [0, 1]`.
     where: optional boolean ``[V]`` mask of the categories to include.
     chunk_size: vocabulary block size on each device (default 4096, at most ``V / k``).
     token_chunk_size: token block size on each device (default 1024).
@@ -778,13 +757,13 @@ def sharded_linear_cross_entropy(
     )
   batch, num_v = h.shape[:-1], w.shape[1]
   where = _fused._where(fn, where, num_v)
-  flags, opts = _head_options(
-    fn,
-    temperature,
-    soft_cap,
-    z_loss=(z_loss, 0.0, float("inf"), "z_loss"),
-    label_smoothing=(label_smoothing, 0.0, 1.0, "smoothing"),
-  )
+  opts, flags = _fused._head_options(fn, temperature, soft_cap)  # checked as on one device
+  zl, zlv = _fused._scalar(fn, "z_loss", z_loss, low=0.0)
+  if zlv != 0.0:
+    opts["z_loss"], flags["z_loss"] = zl, True
+  eps, epsv = _fused._scalar(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+  if epsv != 0.0:
+    opts["smoothing"], flags["smoothing"] = eps, True
   arrays = (None, None, None, h.reshape(-1, h.shape[-1]), w, None)
   loss = _linear_sharded(
     fn,
@@ -875,7 +854,7 @@ def sharded_linear_kl_divergence(
   p, q, batch, num_v, where = _fused._pair(
     fn, p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits, where
   )
-  flags, opts = _head_options(fn, temperature, soft_cap)
+  opts, flags = _fused._head_options(fn, temperature, soft_cap)
   loss = _linear_sharded(
     fn,
     "kl",
@@ -961,18 +940,15 @@ def sharded_linear_jensen_shannon_divergence(
   p, q, batch, num_v, where = _fused._pair(
     fn, p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits, where
   )
-  if not isinstance(weight, jax.core.Tracer):
-    wv = np.asarray(weight)
-    if wv.ndim != 0:
-      raise ValueError(
-        f"{fn}: `weight` is the scalar mixture weight w (the projection matrices are "
-        f"`p_weight`/`q_weight`); got an array of shape {wv.shape}."
-      )
-    if not 0 <= float(wv) <= 1:
-      raise ValueError(f"{fn}: `weight` must lie in [0, 1], got {weight!r}.")
-  if jnp.ndim(weight) != 0:
-    raise ValueError(f"{fn}: `weight` must be a scalar, got shape {jnp.shape(weight)}.")
-  flags, opts = _head_options(fn, temperature, soft_cap)
+  weight, _ = _fused._scalar(
+    fn,
+    "weight",
+    weight,
+    low=0.0,
+    high=1.0,
+    what=" (the mixture weight w; the projection matrices are `p_weight`/`q_weight`)",
+  )
+  opts, flags = _fused._head_options(fn, temperature, soft_cap)
   present = [x for x in (*p, *q) if x is not None]
   opts["mix"] = jnp.asarray(weight).astype(_numerics.compute_dtype(jnp.result_type(*present)))
   loss = _linear_sharded(
