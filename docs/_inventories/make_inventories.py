@@ -48,6 +48,8 @@ INVENTORIES = {
       ),
       ("functools.partial", "py:class", "library/functools.html#functools.partial"),
       ("dataclasses.dataclass", "py:function", "library/dataclasses.html#dataclasses.dataclass"),
+      ("tokenize", "py:module", "library/tokenize.html#module-tokenize"),
+      ("tokenize.tokenize", "py:function", "library/tokenize.html#tokenize.tokenize"),
     ],
   ),
   "jax": (
