@@ -10,6 +10,15 @@ log-normaliser; reverse-mode gradients flow through the ``psum`` and stay sharde
 
 Implemented with :func:`jax.shard_map` over the named mesh axis; any other mesh axes
 see the inputs replicated.
+
+The fused versions (``sharded_linear_*``) never form even the local logits: the weight
+``[D, V]`` is split along V, each device runs the block loops of
+:mod:`jaxdiv._fused_losses` over its own columns, and the per-row statistics of
+:mod:`jaxdiv._blocks` are merged across the shards as the blocks of one device are (a
+``pmax`` of the maxima, a ``psum`` of the rescaled sums). A custom VJP outside the two
+``shard_map`` calls (forward, and the recomputing backward) reduces the hidden-state
+gradient over the vocabulary axis and the weight gradient over the data axis; rows may
+also be split over a data axis of the same mesh.
 """
 
 from __future__ import annotations
