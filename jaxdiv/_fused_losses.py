@@ -83,6 +83,16 @@ def _zero_unless(cond, x):
   return jnp.where(cond, x, jnp.zeros_like(x))
 
 
+def _pair_edges(pb: Problem, stats, loss):
+  """A fully excluded row (an all-False mask) is 0; a side with no possible category (all
+  logits ``-inf``) is not a distribution: NaN, as in the core functions."""
+  mp, mq = stats[0], stats[2]
+  loss = jnp.where((mp == -jnp.inf) | (mq == -jnp.inf), jnp.full_like(loss, jnp.nan), loss)
+  if pb.where is not None:
+    loss = _zero_unless(jnp.any(pb.where), loss)
+  return loss
+
+
 # ---------------------------------------------------------------------------
 # Cross-entropy against integer labels (q is the model; the target is one-hot,
 # optionally smoothed over the included categories), plus a z-loss.
@@ -217,12 +227,11 @@ class KL:
     sp, sq, a, hit = pb.over_vocab(body, init)
     kl = a / (1 + sp.t) - B.log_norm(sp) + B.log_norm(sq)
     kl = jnp.where(hit, jnp.inf, kl)
-    kl = jnp.where(sp.m == -jnp.inf, jnp.zeros_like(kl), kl)  # a fully excluded row
     return sp.m, sp.t, sq.m, sq.t, kl
 
   @staticmethod
   def value(pb: Problem, st: Static, stats):
-    return stats[-1]
+    return _pair_edges(pb, stats, stats[-1])
 
   @staticmethod
   def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
@@ -285,7 +294,8 @@ class JensenShannon:
   def value(pb: Problem, st: Static, stats):
     kl_pm, kl_qm = stats[4:]
     w = pb.opts["mix"]
-    return _zero_unless(w != 0, w * kl_pm) + _zero_unless(w != 1, (1 - w) * kl_qm)
+    loss = _zero_unless(w != 0, w * kl_pm) + _zero_unless(w != 1, (1 - w) * kl_qm)
+    return _pair_edges(pb, stats, loss)
 
   @staticmethod
   def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
@@ -325,7 +335,7 @@ class SkewKL:
 
   @staticmethod
   def value(pb: Problem, st: Static, stats):
-    return stats[4]
+    return _pair_edges(pb, stats, stats[4])
 
   @staticmethod
   def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
@@ -369,7 +379,7 @@ class TotalVariation:
 
   @staticmethod
   def value(pb: Problem, st: Static, stats):
-    return stats[4]
+    return _pair_edges(pb, stats, stats[4])
 
   @staticmethod
   def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):

@@ -254,6 +254,11 @@ def test_pair_loss_matches_core_with_where_and_a_teacher_that_rules_out_categori
   # A fully excluded row (an all-False mask) gives exactly 0, with zero gradients.
   ((_, loss), grads), _ = _pair32(name, arrays, where=jnp.zeros(V, bool))
   assert np.all(loss == 0) and all(np.all(g == 0) for g in grads)
+  # A teacher row with no possible category is not a distribution: NaN, as in the core.
+  invalid = (arrays[0].at[0].set(-jnp.inf), *arrays[1:])
+  ((_, bad), _), ((_, core_bad), _) = _pair32(name, invalid, temperature=1.7)
+  ((_, good), _), _ = pair
+  assert np.isnan(bad[0]) and np.isnan(core_bad[0]) and np.array_equal(bad[1:], good[1:])
 
 
 def test_soft_cap_and_temperature_apply_to_both_sides():
