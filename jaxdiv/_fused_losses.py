@@ -84,13 +84,13 @@ def _zero_unless(cond, x):
 
 
 def _pair_edges(pb: Problem, stats, loss):
-  """A fully excluded row (an all-False mask) is 0; a side with no possible category (all
-  logits ``-inf``) is not a distribution: NaN, as in the core functions."""
-  mp, mq = stats[0], stats[2]
-  loss = jnp.where((mp == -jnp.inf) | (mq == -jnp.inf), jnp.full_like(loss, jnp.nan), loss)
-  if pb.where is not None:
-    loss = _zero_unless(jnp.any(pb.where), loss)
-  return loss
+  """A row with no possible category on either side is 0 (the linear side can only be
+  empty by an all-False mask); on one side only, that side is not a distribution: NaN, as
+  in the core functions. Decided from the merged statistics alone, so that it holds for
+  the vocabulary shards of a sharded row too."""
+  empty_p, empty_q = stats[0] == -jnp.inf, stats[2] == -jnp.inf
+  loss = jnp.where(empty_p | empty_q, jnp.full_like(loss, jnp.nan), loss)
+  return _zero_unless(~(empty_p & empty_q), loss)
 
 
 # ---------------------------------------------------------------------------
