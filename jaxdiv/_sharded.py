@@ -649,7 +649,17 @@ def _linear_sharded(
   arg_specs += (None if labels is None else P(data_axis_name),)
   arg_specs += (None if where is None else P(axis_name),)
   lay = _Layout(st, mesh, arg_specs, tuple(opts))
-  return _entry(lay)(arrays, labels, where, opts)
+  try:
+    return _entry(lay)(arrays, labels, where, opts)
+  except (TypeError, NotImplementedError) as e:  # jvp of the custom VJP, or of its pmax
+    if "forward-mode autodiff" in str(e) or "rule for 'pmax'" in str(e):
+      instead = {"ce": "sharded_cross_entropy", "kl": "sharded_kl_divergence"}.get(kind)
+      raise TypeError(
+        f"{fn} has reverse-mode derivatives only (jax.grad, jax.vjp): no jax.jvp, "
+        f"jax.jacfwd, jax.linearize or jax.hessian. For those use "
+        f"{'jaxdiv.' + instead if instead else 'the core functions'} on materialised logits."
+      ) from None
+    raise
 
 
 _MESH_ROLES = dict(mesh="unchecked", axis_name="unchecked", data_axis_name="unchecked")

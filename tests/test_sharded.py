@@ -338,3 +338,20 @@ def test_a_repeated_eager_call_compiles_nothing(caplog):
   finally:
     jax.config.update("jax_log_compiles", False)
   assert not [r for r in caplog.records if "ompil" in r.getMessage()]
+
+
+def test_forward_mode_names_what_to_use_instead():
+  import jax
+  import jax.numpy as jnp
+
+  import jaxdiv
+
+  mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+  h, w, labels = jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.array([0, 1])
+
+  def f(w):
+    return jaxdiv.sharded_linear_cross_entropy(h, w, labels, mesh=mesh, axis_name="vocab").sum()
+
+  for transform in (lambda: jax.jvp(f, (w,), (w,)), lambda: jax.hessian(f)(w)):
+    with pytest.raises(TypeError, match="reverse-mode .* jaxdiv.sharded_cross_entropy"):
+      transform()
