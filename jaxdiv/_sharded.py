@@ -724,7 +724,8 @@ def sharded_linear_cross_entropy(
   categories of all shards) and ``z_loss`` (adds ``z_loss * logsumexp(z)^2``). Edge
   conventions too: a negative label gives exactly 0 and no gradient, a label ``>= V``
   NaN, ``where`` (a ``[V]`` mask, sharded like the vocabulary) excludes categories and a
-  label at an excluded category is ignored. Reverse mode only.
+  label at an excluded category is ignored. Reverse mode only (no ``jax.jvp``,
+  ``jax.jacfwd`` or ``jax.hessian``: use :func:`sharded_cross_entropy` on logits for those).
 
   Args:
     hidden: ``[..., D]`` hidden states.
@@ -837,6 +838,7 @@ def sharded_linear_kl_divergence(
   Sides, options (``temperature`` divides both sides' logits, with no ``T^2`` factor;
   ``soft_cap``) and edge conventions as in :func:`jaxdiv.linear_kl_divergence`; a
   ``p_logits``/``q_logits`` side is sharded over both axes like the logits it stands for.
+  Reverse mode only (no ``jax.jvp``, ``jax.jacfwd`` or ``jax.hessian``).
 
   Args:
     p_hidden, p_weight, q_hidden, q_weight, p_logits, q_logits: the two distributions, as
@@ -921,7 +923,7 @@ def sharded_linear_jensen_shannon_divergence(
   (merged with one ``pmax`` and one ``psum`` of per-row scalars), then the mixture terms
   with the global normalisers (one ``psum`` of the two per-row sums). Nothing ``N x V``
   or ``D x V`` is gathered; see :func:`sharded_linear_cross_entropy` for the gradients'
-  shardings and ``data_axis_name``.
+  shardings and ``data_axis_name``. Reverse mode only.
 
   Args:
     p_hidden, p_weight, q_hidden, q_weight, p_logits, q_logits: the two distributions, as
