@@ -1,6 +1,7 @@
 r"""Communication of the vocabulary-parallel losses, read from their compiled programs.
 
     python scripts/sharded_comm.py [--devices 4] [--rows 64] [--dim 32] [--vocab 1024]
+    python scripts/sharded_comm.py --memory
 
 Compiles the value and gradient of each loss on ``--devices`` simulated CPU devices (a
 ``data x vocab`` mesh of ``2 x devices/2`` and a ``vocab`` mesh of all of them), parses
@@ -9,6 +10,7 @@ payload in bytes per row (token), split by what the payload scales with: rows (p
 statistics), rows x D (the hidden-state gradient), D x V/k (the weight gradient over the
 data axis, once per step) and rows x V (gathered logits). The last lines compile the same
 loss on logits forced to be replicated (gathered), the alternative the sharded losses avoid.
+``--memory`` prints the compiled temporaries per device of each loss's value and gradient.
 """
 
 from __future__ import annotations
@@ -31,13 +33,55 @@ def _collectives(hlo: str):
   return out
 
 
+def _memory(jax, jnp, jaxdiv, NamedSharding, P) -> int:
+  """Temporaries of value-and-gradient per device: 2 x 2 mesh, 4096 tokens, D 256, V 32768."""
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  mesh = jax.make_mesh((2, 2), ("data", "vocab"), axis_types=auto)
+  n, d, v = 4096, 256, 32768
+
+  def spec(shape, dtype, *s):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P(*s)))
+
+  h, w = spec((n, d), jnp.float32, "data", None), spec((d, v), jnp.float32, None, "vocab")
+  labels = spec((n,), jnp.int32, "data")
+  kw = dict(mesh=mesh, axis_name="vocab", data_axis_name="data")
+  losses = {
+    "sharded_linear_cross_entropy": lambda h, w, t, y: jaxdiv.sharded_linear_cross_entropy(
+      h, w, y, **kw
+    ),
+    "sharded_linear_kl_divergence": lambda h, w, t, y: jaxdiv.sharded_linear_kl_divergence(
+      h, t, h, w, **kw
+    ),
+    "sharded_linear_jensen_shannon_divergence": (
+      lambda h, w, t, y: jaxdiv.sharded_linear_jensen_shannon_divergence(h, t, h, w, **kw)
+    ),
+    "sharded_cross_entropy(hidden @ weight)": lambda h, w, t, y: jaxdiv.sharded_cross_entropy(
+      labels=y, q_logits=h @ w, mesh=mesh, axis_name="vocab"
+    ),
+  }
+  for name, f in losses.items():
+
+    def loss(h, w, t, y, f=f):
+      return jnp.sum(f(h, w, t, y))
+
+    m = jax.jit(jax.grad(loss, (0, 1))).lower(h, w, w, labels).compile().memory_analysis()
+    print(f"{name:44s} temporaries {m.temp_size_in_bytes / 2**20:6.1f} MiB")
+  print(f"(float32 logits of one device's rows and columns: {n // 2 * v // 2 * 4 / 2**20:.0f} MiB)")
+  return 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--devices", type=int, default=4)
   p.add_argument("--rows", type=int, default=64, help="rows (tokens) per data shard")
   p.add_argument("--dim", type=int, default=32)
   p.add_argument("--vocab", type=int, default=1024)
+  p.add_argument(
+    "--memory", action="store_true", help="instead: compiled temporaries per device (4 devices)"
+  )
   args = p.parse_args(argv)
+  if args.memory:
+    args.devices = 4
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -49,6 +93,8 @@ def main(argv=None) -> int:
 
   import jaxdiv
 
+  if args.memory:
+    return _memory(jax, jnp, jaxdiv, NamedSharding, P)
   k, n, d, v = args.devices, args.rows, args.dim, args.vocab
   auto = (jax.sharding.AxisType.Auto,)
   meshes = {
