@@ -336,7 +336,7 @@ class _Sharded:
 
   def value(self, pb, st, stats):
     if self.kind == "kl":
-      return stats[-1]
+      return L.KL.value(pb, st, stats)
     if self.kind == "js":
       return L.JensenShannon.value(pb, st, stats)
     m, t, zy, u, excluded = stats
@@ -458,8 +458,7 @@ class _Sharded:
     tp, tq = _lse_total(mp, *sums[0:2]), _lse_total(mq, *sums[2:4])
     sp, sq = B.Lse(mp, tp), B.Lse(mq, tq)
     kl = sums[4] / (1 + tp) - B.log_norm(sp) + B.log_norm(sq)
-    kl = jnp.where(sums[5] > 0, jnp.inf, kl)
-    kl = jnp.where(mp == -jnp.inf, jnp.zeros_like(kl), kl)  # a fully excluded row
+    kl = jnp.where(sums[5] > 0, jnp.inf, kl)  # the empty-row rules are KL.value's
     return mp, tp, mq, tq, kl
 
   def _js_stats(self, pb, st, rows):

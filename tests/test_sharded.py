@@ -102,6 +102,7 @@ SCRIPT = textwrap.dedent(
   lab = jnp.asarray([0, 7, -1, 23, 24, 11, 5, 18])  # ignored, out of range (NaN), excluded
   wh = jnp.asarray(np.arange(V) % 5 != 1)  # excludes 11 (a label) and 6, 16, 21, 1
   zp = jnp.asarray(rng.normal(size=(N, V))).at[1, 3].set(-jnp.inf)  # p_3 = 0 in row 1
+  zp = zp.at[2].set(-jnp.inf)  # row 2: no possible category (NaN, as on one device)
   c = jnp.asarray(rng.normal(size=N))
   ch = dict(chunk_size=4, token_chunk_size=3)
 
