@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxdiv import _checks, _inputs, _numerics
+from jaxdiv import _checks, _inputs, _numerics, generators
 from jaxdiv.generators import Generator
 
 Array = jax.Array
@@ -165,6 +165,8 @@ def _log_mixture(w: Array, dp: _inputs.Dist, dq: _inputs.Dist) -> tuple[Array, A
   only_q = jnp.where(jnp.isneginf(l1w), jnp.full_like(dq.log_prob, -jnp.inf), l1w + dq.log_prob)
   only_p = jnp.where(jnp.isneginf(lw), jnp.full_like(dp.log_prob, -jnp.inf), lw + dp.log_prob)
   lm = jnp.where(pz, only_q, jnp.where(qz, only_p, anchor + mix))
+  # At a weight of 0 or 1 the mixture is one of the two, exactly (JS_w is then 0 exactly).
+  lm = jnp.where(w == 0, dq.log_prob, jnp.where(w == 1, dp.log_prob, lm))
   m_zero = (pz | (w == 0)) & (qz | (w == 1))
   return jnp.where(m_zero, jnp.zeros_like(lm), lm), m_zero
 
@@ -214,6 +216,31 @@ def _support_mismatch(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
 # ---------------------------------------------------------------------------
 
 
+def _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base) -> Array:
+  r""":math:`\mathrm{JS}_w(p\|q)` in ``base``, for both public Jensen--Shannon functions.
+
+  A term with weight 0 counts as 0, never ``0 * inf``: at :math:`w = 0` the mixture is
+  :math:`q`, and :math:`p_i (\log p_i - \log m_i)` is ``+inf`` where
+  :math:`q_i = 0 < p_i`; those terms are replaced by 0 before the product (likewise for
+  :math:`q` at :math:`w = 1`), so :math:`w \in \{0, 1\}` gives 0 with finite
+  derivatives in the inputs (the derivative in ``w`` itself is NaN there: the one-sided
+  derivative may be infinite).
+  """
+  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
+  in_01 = lambda v: (v >= 0) & (v <= 1)  # noqa: E731
+  w = _param(fn, "weight", weight, pr, in_01, "in the closed interval [0, 1]")
+  lm, mz = _log_mixture(w, pr.p, pr.q)
+  terms_p = _numerics.rel_entr(pr.p.prob, pr.p.zero, pr.p.log_prob, lm, mz)
+  terms_q = _numerics.rel_entr(pr.q.prob, pr.q.zero, pr.q.log_prob, lm, mz)
+  zeros = jnp.zeros_like(terms_p)
+  terms_p = jnp.where(mz & ~pr.p.zero, zeros, terms_p)  # +inf only where w = 0
+  terms_q = jnp.where(mz & ~pr.q.zero, zeros, terms_q)  # +inf only where w = 1
+  js = jnp.sum(w * terms_p + (1 - w) * terms_q, axis=-1)
+  w0 = w[..., 0]
+  js = jnp.where((w0 >= 0) & (w0 <= 1), js, jnp.full_like(js, jnp.nan))
+  return _inputs.apply_base(js, base)
+
+
 @_checks.roles(**_checks.PAIR, weight="unchecked", base="unchecked")
 def jensen_shannon_divergence(
   p: ArrayLike | None = None,
@@ -236,9 +263,12 @@ def jensen_shannon_divergence(
   at :math:`w = \tfrac12`), so it is finite for any supports; symmetric at
   :math:`w = \tfrac12` (and :math:`\mathrm{JS}_w(p\|q) = \mathrm{JS}_{1-w}(q\|p)`).
   The ``weight`` form is the generalised JSD of on-policy distillation (GKD, with
-  :math:`\beta = w`); TRL's ``generalized_jsd_loss`` switches to plain KL at
-  :math:`\beta \in \{0, 1\}`, where this function's limit is 0, so ``weight`` must lie in
-  the open interval :math:`(0, 1)`.
+  :math:`\beta = w`). ``weight`` lies in the closed interval :math:`[0, 1]`, as for
+  :func:`jaxdiv.linear_jensen_shannon_divergence`: at :math:`w \in \{0, 1\}` the mixture
+  equals one of the two distributions and the value is 0 (a term with weight 0 counts
+  as 0, never :math:`0 \cdot \infty`, also for disjoint supports), with finite gradients.
+  TRL's ``generalized_jsd_loss`` switches to plain KL at :math:`\beta \in \{0, 1\}`
+  instead.
 
   Other conventions: scipy's ``jensenshannon`` returns the *square root*
   (:func:`jensen_shannon_distance`); TFP's ``tfp.vi.jensen_shannon`` generator gives
@@ -255,8 +285,9 @@ def jensen_shannon_divergence(
   Args:
     p: first distribution (probabilities), categories along ``axis``.
     q: second distribution.
-    weight: :math:`w \in (0, 1)`, a scalar or an array broadcastable to the result shape.
+    weight: :math:`w \in [0, 1]`, a scalar or an array broadcastable to the result shape.
       A concrete value outside the domain raises ``ValueError``; a traced one gives NaN.
+      The derivative in ``weight`` is defined on :math:`(0, 1)` (NaN at the endpoints).
     p_logits: ``p`` as logits.
     q_logits: ``q`` as logits.
     axis: the category axis.
@@ -272,6 +303,8 @@ def jensen_shannon_divergence(
     0.693147
     >>> float(jensen_shannon_divergence(p, q, base=2))
     1.0
+    >>> float(jensen_shannon_divergence(p, q, weight=0.0))  # the mixture is q
+    0.0
 
   References:
     Lin, "Divergence measures based on the Shannon entropy", IEEE Trans. Inf. Theory
@@ -282,15 +315,7 @@ def jensen_shannon_divergence(
     :func:`jaxdiv.kl_divergence`, :func:`jaxdiv.generators.jensen_shannon`.
   """
   fn = "jensen_shannon_divergence"
-  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
-  w = _param(fn, "weight", weight, pr, lambda v: (v > 0) & (v < 1), "in the open interval (0, 1)")
-  lm, mz = _log_mixture(w, pr.p, pr.q)
-  terms_p = _numerics.rel_entr(pr.p.prob, pr.p.zero, pr.p.log_prob, lm, mz)
-  terms_q = _numerics.rel_entr(pr.q.prob, pr.q.zero, pr.q.log_prob, lm, mz)
-  js = jnp.sum(w * terms_p + (1 - w) * terms_q, axis=-1)
-  w0 = w[..., 0]
-  js = jnp.where((w0 > 0) & (w0 < 1), js, jnp.full_like(js, jnp.nan))
-  return _inputs.apply_base(js, base)
+  return _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base)
 
 
 @_checks.roles(**_checks.PAIR, weight="unchecked", base="unchecked")
@@ -338,17 +363,9 @@ def jensen_shannon_distance(
     :func:`jensen_shannon_divergence`.
   """
   fn = "jensen_shannon_distance"
-  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
-  w = _param(fn, "weight", weight, pr, lambda v: (v > 0) & (v < 1), "in the open interval (0, 1)")
-  lm, mz = _log_mixture(w, pr.p, pr.q)
-  terms_p = _numerics.rel_entr(pr.p.prob, pr.p.zero, pr.p.log_prob, lm, mz)
-  terms_q = _numerics.rel_entr(pr.q.prob, pr.q.zero, pr.q.log_prob, lm, mz)
-  js = jnp.sum(w * terms_p + (1 - w) * terms_q, axis=-1)
-  w0 = w[..., 0]
-  js = jnp.where((w0 > 0) & (w0 < 1), js, jnp.full_like(js, jnp.nan))
+  js = _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base)
   # Rounding can leave a tiny negative sum for nearly equal inputs: the distance is 0.
-  js = jnp.maximum(_inputs.apply_base(js, base), 0.0)
-  return _sqrt(js)
+  return _sqrt(jnp.maximum(js, 0.0))
 
 
 @_checks.roles(**_checks.PAIR, base="unchecked")
@@ -384,7 +401,7 @@ def jeffreys_divergence(
   Example:
     >>> p, q = jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])
     >>> round(float(jeffreys_divergence(p, q)), 6)  # 0.4 ln 9
-    0.878890
+    0.87889
 
   References:
     Jeffreys, "An invariant form for the prior probability in estimation problems",
@@ -491,7 +508,7 @@ def total_variation_distance(
     :math:`\delta(p, q)` with ``axis`` reduced.
 
   Example:
-    >>> float(total_variation_distance(jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])))
+    >>> round(float(total_variation_distance(jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1]))), 6)
     0.4
 
   References:
@@ -625,8 +642,9 @@ def bhattacharyya_coefficient(
     :math:`\mathrm{BC}(p, q) \in [0, 1]` with ``axis`` reduced.
 
   Example:
-    >>> float(bhattacharyya_coefficient(jnp.array([0.5, 0.5]), jnp.array([0.5, 0.5])))
-    1.0
+    >>> p, q = jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])
+    >>> round(float(bhattacharyya_coefficient(p, q)), 6)  # sqrt(0.45) + sqrt(0.05)
+    0.894427
 
   References:
     Bhattacharyya, "On a measure of divergence between two statistical populations
@@ -942,12 +960,12 @@ def alpha_divergence(
 
 
 def _times_limit(x: Array, c) -> Array:
-  """``x * c`` for ``x >= 0`` and a limit ``c`` that may be ``inf`` (then ``inf`` where
-  ``x > 0``, with no ``0 * inf`` in value or derivative)."""
+  """``x * c`` for ``x >= 0`` and a limit ``c`` that may be ``inf`` or NaN (then that
+  where ``x > 0`` and 0 where ``x == 0``, with no ``0 * inf`` in value or derivative)."""
   c = jnp.asarray(c, x.dtype)
-  c_inf = jnp.isinf(c)
-  prod = x * jnp.where(c_inf, jnp.zeros_like(c), c)
-  return jnp.where(c_inf & (x > 0), c + 0 * prod, prod)
+  c_odd = ~jnp.isfinite(c)
+  prod = x * jnp.where(c_odd, jnp.zeros_like(c), c)
+  return jnp.where(c_odd & (x > 0), c + 0 * prod, prod)
 
 
 @_checks.roles(**_checks.PAIR, f="unchecked")
@@ -963,17 +981,25 @@ def f_divergence(
 ) -> Array:
   r"""Csiszár f-divergence :math:`D_f(p\|q) = \sum_i q_i f(p_i/q_i)` for a generator ``f``.
 
-  ``f`` is a :class:`jaxdiv.generators.Generator`: :math:`f` as a function of
-  :math:`t = \log u` (so no ratio is formed: :math:`t = \log p_i - \log q_i` from the
-  log-probabilities) with its limits :math:`f(0)` and :math:`f'(\infty) = \lim f(u)/u`.
-  The named generators in :mod:`jaxdiv.generators` reproduce the named functions
+  ``f`` is :math:`f` as a function of :math:`t = \log u` (so no ratio is formed:
+  :math:`t = \log p_i - \log q_i` from the log-probabilities): either a
+  :class:`jaxdiv.generators.Generator`, which carries its limits :math:`f(0)` and
+  :math:`f'(\infty) = \lim f(u)/u`, or a plain function such as
+  ``lambda t: t * jnp.exp(t)`` (:math:`u \log u`, KL), whose limits are derived from it
+  by :func:`jaxdiv.generators.from_function` (exactly where the function can be
+  evaluated at :math:`u = 0`, or reaches its limit once :math:`e^t` underflows; see
+  there). A limit that cannot be derived is NaN, and so are the terms that need it
+  (:math:`p_i = 0 < q_i` for :math:`f(0)`, :math:`q_i = 0 < p_i` for :math:`f'(\infty)`);
+  every other term is :math:`q_i f(p_i/q_i)` as the function computes it. The named
+  generators in :mod:`jaxdiv.generators` reproduce the named functions
   (``f_divergence(p, q, generators.kl) == kl_divergence(p, q)``, and so on).
 
   Edge conventions (Csiszár's): :math:`p_i = q_i = 0` (or excluded) contributes 0;
   :math:`p_i = 0 < q_i` contributes :math:`q_i f(0)`; :math:`q_i = 0 < p_i` contributes
   :math:`p_i f'(\infty)` (``+inf`` for KL). Where :math:`p_i > q_i` and the generator
   provides ``fn_over_u``, the term is computed as :math:`p_i \cdot f(u)/u`, so that a
-  huge ratio next to an underflowing :math:`q_i` (``±1e4`` logits) stays exact. The
+  huge ratio next to an underflowing :math:`q_i` (``±1e4`` logits) stays exact; a plain
+  function has no such form, and there its term is NaN where :math:`f(u)` overflows. The
   derivative of a term with :math:`p_i = 0` in :math:`p_i` is returned as 0
   (probability inputs); the named functions may return the true finite one instead.
 
@@ -982,7 +1008,7 @@ def f_divergence(
 
   Args:
     p, q: probabilities, categories along ``axis``.
-    f: the generator (required).
+    f: the generator (required): a ``Generator`` or a function of :math:`\log u`.
     p_logits, q_logits: the distributions as logits.
     axis: the category axis.
     where: boolean mask over categories.
@@ -993,8 +1019,11 @@ def f_divergence(
   Example:
     >>> from jaxdiv import generators
     >>> p, q = jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])
-    >>> float(f_divergence(p, q, generators.total_variation))
+    >>> round(float(f_divergence(p, q, generators.total_variation)), 6)
     0.4
+    >>> kl = f_divergence(p, q, lambda t: t * jnp.exp(t))  # u log u, limits derived
+    >>> round(float(kl), 6), round(float(jaxdiv.kl_divergence(p, q)), 6)
+    (0.510826, 0.510826)
 
   References:
     Csiszár (1967); Ali & Silvey (1966); Liese & Vajda, "On divergences and
@@ -1004,28 +1033,30 @@ def f_divergence(
     :mod:`jaxdiv.generators`, :func:`jaxdiv.kl_divergence`.
   """
   fn = "f_divergence"
-  if not isinstance(f, Generator):
-    hint = ""
-    if callable(f):
-      hint = (
-        " A parametrised named generator must be called first (e.g. "
-        "`generators.jensen_shannon(0.5)`); a bare function must be wrapped as "
-        "`generators.Generator(fn, at_zero=f(0), at_infinity=lim f(u)/u)`."
-      )
+  if any(f is c for c in generators.CONSTRUCTORS):
     raise TypeError(
-      f"{fn}: `f` must be a jaxdiv.generators.Generator, got {type(f).__name__}.{hint}"
+      f"{fn}: `f` is generators.{f.__name__}, which builds a generator: call it first "
+      f"(e.g. `generators.jensen_shannon(0.5)`)."
+    )
+  if not (isinstance(f, Generator) or callable(f)):
+    raise TypeError(
+      f"{fn}: `f` must be a jaxdiv.generators.Generator or a function of log u, "
+      f"got {type(f).__name__}."
     )
   pr = _Pair(fn, p, q, p_logits, q_logits, axis, where)
+  if not isinstance(f, Generator):
+    f = generators._from_callable(f, pr.dtype)
   dp, dq = pr.p, pr.q
   both = ~dp.zero & ~dq.zero
   t = jnp.where(both, dp.log_prob - dq.log_prob, jnp.zeros_like(dp.log_prob))
+  f_of = lambda g, x: jnp.asarray(g(x), x.dtype)  # noqa: E731  a user's fn may promote
   if f.fn_over_u is None:
-    main = dq.prob * f.fn(t)
+    main = dq.prob * f_of(f.fn, t)
   else:
     low = t <= 0
     t_lo = jnp.where(low, t, jnp.zeros_like(t))
     t_hi = jnp.where(low, jnp.zeros_like(t), t)
-    main = jnp.where(low, dq.prob * f.fn(t_lo), dp.prob * f.fn_over_u(t_hi))
+    main = jnp.where(low, dq.prob * f_of(f.fn, t_lo), dp.prob * f_of(f.fn_over_u, t_hi))
   at_zero = _times_limit(jnp.where(dp.zero & ~dq.zero, dq.prob, jnp.zeros_like(t)), f.at_zero)
   at_inf = _times_limit(jnp.where(dq.zero & ~dp.zero, dp.prob, jnp.zeros_like(t)), f.at_infinity)
   terms = jnp.where(both, main, at_zero + at_inf)

@@ -415,18 +415,115 @@ def test_f_divergence_from_extreme_logits_float32_equals_named_function(name):
 def test_custom_generator_and_generator_errors():
   g = generators.Generator(lambda t: jnp.expm1(t) ** 2, 1.0, INF)  # Pearson, no fn_over_u
   np.testing.assert_allclose(fdiv(P, Q, g), chi2(P, Q), rtol=1e-12)
-  with pytest.raises(TypeError, match=r"f_divergence: `f` must be .*called first"):
+  with pytest.raises(TypeError, match=r"f_divergence: `f` is generators.jensen_shannon.*call"):
     fdiv(P, Q, generators.jensen_shannon)
   with pytest.raises(TypeError, match="f_divergence: `f` must be"):
     fdiv(P, Q)
-  with pytest.raises(ValueError, match=r"generators.jensen_shannon: `weight` .*\(0, 1\).*1.0"):
-    generators.jensen_shannon(1.0)
+  with pytest.raises(TypeError, match="f_divergence: `f` must be .* function of log u, got str"):
+    fdiv(P, Q, "kl")
+  with pytest.raises(TypeError, match="elementwise; a scalar argument gave shape \\(2,\\)"):
+    fdiv(P, Q, lambda t: jnp.stack([t, t]))
+  with pytest.raises(ValueError, match=r"generators.jensen_shannon: `weight` .*\[0, 1\].*1.5"):
+    generators.jensen_shannon(1.5)
   with pytest.raises(ValueError, match=r"generators.skew_kl: `alpha` .*got -0.1"):
     generators.skew_kl(-0.1)
   with pytest.raises(ValueError, match=r"generators.alpha: `alpha` must be a finite"):
     generators.alpha(math.inf)
   with pytest.raises(TypeError, match="concrete"):
     jax.jit(generators.skew_kl)(0.5)
+
+
+# A plain function of log u: the limits at 0 and infinity derived from it.
+PLAIN = {
+  "kl": (lambda t: jnp.exp(t) * t, generators.kl),
+  "reverse_kl": (lambda t: -t, generators.reverse_kl),  # f(0) = inf: fn(-inf) itself
+  "jeffreys": (lambda t: t * jnp.exp(t) - t, generators.jeffreys),  # NaN at -inf; grows
+  "total_variation": (lambda t: 0.5 * jnp.abs(jnp.exp(t) - 1), generators.total_variation),
+  "chi_squared": (lambda t: (jnp.exp(t) - 1) ** 2, generators.chi_squared),
+  "squared_hellinger": (lambda t: 0.5 * (jnp.exp(t / 2) - 1) ** 2, generators.squared_hellinger),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(PLAIN))
+def test_f_divergence_of_a_plain_function_equals_its_generator(name, dtype):
+  fn, g = PLAIN[name]
+  p, q = (np.concatenate([x, _probs(s)]).astype(dtype) for x, s in ((P, 7), (Q, 8)))
+  got, want = np.asarray(fdiv(p, q, fn)), np.asarray(fdiv(p, q, g))
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+  assert np.all(np.isfinite(got) | np.isinf(got)), "no NaN: every limit here is derived"
+  rtol = 2e-6 if dtype == np.float32 else 1e-12
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("name", list(GENERATORS))
+def test_limits_derived_from_every_named_generator_function(name):
+  g, _ = GENERATORS[name]
+  d = generators.from_function(g.fn)
+  for got, want in ((d.at_zero, g.at_zero), (d.at_infinity, g.at_infinity)):
+    assert isinstance(got, float)
+    if math.isinf(want):
+      assert got == want
+    else:
+      assert got == pytest.approx(want, rel=1e-12, abs=1e-300)
+  # given limits are kept, not derived
+  e = generators.from_function(g.fn, at_zero=7.0, at_infinity=-3.0, name="x")
+  assert (e.at_zero, e.at_infinity, e.name, e.fn_over_u) == (7.0, -3.0, "x", None)
+
+
+def test_exact_limits_at_zero_and_infinite_limits():
+  # at u = 0 the function's own value: exact, no sampling
+  assert generators.from_function(lambda t: 0.5 * jnp.abs(jnp.expm1(t))).at_zero == 0.5
+  assert generators.from_function(lambda t: -t).at_zero == INF
+  # NaN at u = 0 (-inf * 0), constant once e^t underflows: exact
+  assert generators.from_function(lambda t: t * t * jnp.exp(t) - jnp.expm1(t)).at_zero == 1.0
+  # growing linearly in log u: infinite limits on both sides
+  g = generators.from_function(lambda t: t * jnp.exp(t) - t)
+  assert (g.at_zero, g.at_infinity) == (INF, INF)
+  # bounded f: slope 0 at infinity exactly
+  assert generators.from_function(lambda t: -t).at_infinity == 0.0
+  assert generators.from_function(lambda t: jnp.tanh(t) ** 2).at_infinity == 0.0
+
+
+def test_a_limit_that_cannot_be_derived_makes_only_the_terms_needing_it_nan():
+  # alpha = 0.9: f(u)/u converges like u^-0.1, too slowly to be read off at e^120.
+  a = 0.9
+  g = generators.from_function(generators.alpha(a).fn)
+  assert g.at_zero == pytest.approx(1 / a, rel=1e-12) and math.isnan(g.at_infinity)
+  got = np.asarray(fdiv(P, Q, g.fn))
+  needs = np.any((P > 0) & (Q == 0), axis=-1)
+  assert needs.any() and (~needs).any()
+  np.testing.assert_array_equal(np.isnan(got), needs)
+  want = np.asarray(amari(P, Q, alpha=a))
+  np.testing.assert_allclose(got[~needs], want[~needs], rtol=1e-10)
+
+
+def test_plain_function_under_jit_grad_and_with_a_traced_parameter():
+  p, q = P[2:], Q[2:]
+  finite = ~np.any((p > 0) & (q == 0), axis=-1)
+  zp, zq = np.log(p[finite]), np.log(q[finite])
+  want = np.asarray(kl(p, q))
+
+  @jax.jit
+  def every(a):
+    # a function closing over a traced scale: its limits are derived under the trace
+    scaled = lambda a: fdiv(p, q, lambda t: a * t * jnp.exp(t))  # noqa: E731
+    total = lambda a: jnp.sum(jnp.where(finite, scaled(a), 0.0))  # noqa: E731
+    grad_z = jax.grad(lambda z: jnp.sum(fdiv(p_logits=z, q_logits=zq, f=PLAIN["kl"][0])))
+    return dict(
+      plain=fdiv(p, q, lambda t: jnp.exp(t) * t),
+      scaled=scaled(a),
+      d_scale=jax.grad(total)(a),
+      grad_z=grad_z(zp),
+      grad_kl=jax.grad(lambda z: jnp.sum(kl(p_logits=z, q_logits=zq)))(zp),
+    )
+
+  out = every(2.0)
+  np.testing.assert_allclose(out["plain"], want, rtol=1e-12)
+  np.testing.assert_allclose(out["scaled"], 2 * want, rtol=1e-12)
+  np.testing.assert_allclose(out["d_scale"], np.sum(want[finite]), rtol=1e-12)
+  np.testing.assert_allclose(out["grad_z"], out["grad_kl"], rtol=1e-10, atol=1e-14)
 
 
 # ---------------------------------------------------------------------------
@@ -532,6 +629,42 @@ def test_vmap_and_jit_equal_batched():
     batched = np.asarray(fn(P, Q))
     np.testing.assert_allclose(jax.vmap(fn)(P, Q), batched, rtol=1e-13, atol=1e-15, err_msg=name)
     np.testing.assert_allclose(jax.jit(fn)(P, Q), batched, rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+@jax.jit
+def _js_at_weight(w):
+  """Values, gradients and a hessian of both Jensen--Shannon functions at weight ``w``."""
+  zp, zq = np.log(P[:3]), np.log(Q[:3])
+  out = {}
+  for name, fn in (("divergence", jsd), ("distance", jsdist)):
+    for k, (a, b) in enumerate(((P, Q), (Q, P))):
+      out[f"{name}/{k}"] = fn(a, b, weight=w)
+      total = lambda x, y, fn=fn: jnp.sum(fn(x, y, weight=w))  # noqa: E731
+      out[f"{name}/{k}/grad"] = jax.grad(total, (0, 1))(a, b)
+    out[f"{name}/logits"] = fn(p_logits=zp, q_logits=zq, weight=w)
+    total = lambda z, fn=fn: jnp.sum(fn(p_logits=z, q_logits=zq, weight=w))  # noqa: E731
+    out[f"{name}/hessian"] = jax.hessian(total)(zp)
+  return out
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0])
+def test_jensen_shannon_weight_endpoints_give_zero_with_finite_gradients(w):
+  # P, Q have disjoint supports and q_i = 0 < p_i: at w = 0 the p-term would be 0 * inf.
+  out = _js_at_weight(w)
+  for name in ("divergence", "distance"):
+    for k in range(2):
+      np.testing.assert_array_equal(out[f"{name}/{k}"], 0.0)
+      # JS_w is constant (0) in each distribution: derivative 0, not NaN
+      for g in out[f"{name}/{k}/grad"]:
+        np.testing.assert_array_equal(g, 0.0)
+    np.testing.assert_array_equal(out[f"{name}/logits"], 0.0)
+    assert np.all(np.isfinite(out[f"{name}/hessian"]))
+  # a concrete weight (checked, then the same formula) and the generator agree
+  np.testing.assert_array_equal(jaxdiv.jensen_shannon_divergence(P, Q, weight=w), 0.0)
+  np.testing.assert_array_equal(fdiv(P, Q, generators.jensen_shannon(w)), 0.0)
+  # and the value is continuous into the endpoint
+  near = abs(w - 1e-9)
+  assert np.all(np.asarray(jsd(P, Q, weight=near)) < 1e-7)
 
 
 def test_traced_parameters_vmap_and_nan_outside_domain():
@@ -680,8 +813,8 @@ def test_parameter_errors_name_function_argument_and_value():
     jaxdiv.hellinger_distance,
   )
   cases = [
-    (lambda: jsd(p, q, weight=1.5), r"jensen_shannon_divergence: `weight` .*\(0, 1\).*1\.5"),
-    (lambda: jsd(p, q, weight=0.0), r"jensen_shannon_divergence: `weight`.*0\.0"),
+    (lambda: jsd(p, q, weight=1.5), r"jensen_shannon_divergence: `weight` .*\[0, 1\].*1\.5"),
+    (lambda: jsd(p, q, weight=-0.0001), r"jensen_shannon_divergence: `weight`.*-0\.0001"),
     (lambda: jsdist(p, q, weight=-1), r"jensen_shannon_distance: `weight`.*-1"),
     (lambda: skew(p, q, alpha=1.2), r"skew_kl_divergence: `alpha` .*\[0, 1\].*1\.2"),
     (lambda: renyi(p, q, alpha=-0.5), r"renyi_divergence: `alpha` .*-0\.5"),
