@@ -8,6 +8,7 @@ Slow (a build in an isolated environment and a fresh venv with jax): run by `.ci
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -49,8 +50,18 @@ def _run(*cmd, **kw):
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory):
+  """Build from a copy of the checkout's files (as a fresh clone has them), so that the
+  build neither sees ignored files nor writes into the checkout while other tests run."""
+  src = tmp_path_factory.mktemp("src")
+  listed = _run(
+    "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT
+  ).stdout.split("\0")
+  for name in filter(None, listed):
+    if (ROOT / name).is_file():
+      (src / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(ROOT / name, src / name)
   out = tmp_path_factory.mktemp("dist")
-  _run(sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(ROOT))
+  _run(sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(src))
   return out
 
 
