@@ -278,9 +278,7 @@ def align(
 def dist(s: Source, where: Array | None) -> Dist:
   """Probabilities or logits (category axis last) as a :class:`Dist`."""
   if s.kind == "logits":
-    log_p = _numerics.log_softmax(s.value, where)
-    zero = log_p == -jnp.inf
-    return Dist(jnp.exp(log_p), jnp.where(zero, jnp.zeros_like(log_p), log_p), zero)
+    return Dist(*_numerics.prob_triple(_numerics.log_softmax(s.value, where)))
   if s.kind != "probs":
     raise AssertionError(s.kind)
   p = probs(s, where)

@@ -10,23 +10,45 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _checks, _inputs, _numerics
+from jaxdiv import _checks, _inputs, _kernels, _numerics
 
 Array = jax.Array
 
 
-def _labels_nll(fn: str, labels: _inputs.Source, q: _inputs.Source, where) -> Array:
-  """``-log q[label]`` per row, with the ignore / out-of-range / excluded conventions."""
+def _label_smoothing(fn: str, eps, labels) -> float:
+  """A static smoothing weight in ``[0, 1]`` (only with ``labels``)."""
+  if isinstance(eps, jax.core.Tracer):
+    raise TypeError(f"{fn}: `label_smoothing` must be a Python number, not a traced array.")
+  try:
+    eps = float(eps)
+  except (TypeError, ValueError):
+    raise TypeError(f"{fn}: `label_smoothing` must be a number, got {eps!r}.") from None
+  if not 0 <= eps <= 1:
+    raise ValueError(f"{fn}: `label_smoothing` must lie in [0, 1], got {eps!r}.")
+  if eps and labels is None:
+    raise ValueError(f"{fn}: `label_smoothing` applies to integer `labels` only.")
+  return eps
+
+
+def _labels_nll(fn: str, labels: _inputs.Source, q: _inputs.Source, where, eps=0.0) -> Array:
+  """``-log q[label]`` per row (smoothed by ``eps`` over the included categories), with
+  the ignore / out-of-range / excluded conventions."""
   num = q.value.shape[-1]
   ignored, out_of_range, index = _inputs.label_mask(labels.value, num, where)
   if q.kind == "logits":  # fused kernel: NaN for an invalid row, +inf at a zero q[label]
-    nll = _numerics.labels_ce_from_logits(index, q.value, where)
+    nll = _kernels.labels_ce_from_logits(index, q.value, where, eps)
     nll = jnp.where(ignored, jnp.zeros_like(nll), nll)
     return jnp.where(out_of_range, jnp.full_like(nll, jnp.nan), nll)
   dq = _inputs.dist(q, where)
   log_q = jnp.take_along_axis(dq.log_prob, index[..., None], axis=-1)[..., 0]
   q_zero = jnp.take_along_axis(dq.zero, index[..., None], axis=-1)[..., 0]
   nll = jnp.where(q_zero, jnp.inf, -log_q)
+  if eps:  # eps times the cross-entropy against the uniform distribution on `where`
+    uniform = jnp.ones_like(dq.prob) if where is None else where.astype(dq.prob.dtype)
+    uniform = uniform / jnp.maximum(jnp.sum(uniform, axis=-1, keepdims=True), 1)
+    u_zero = uniform == 0
+    h_u = _numerics.neg_sum(_numerics.xlogy(uniform, u_zero, dq.log_prob, dq.zero))
+    nll = (1 - eps) * nll + eps * h_u
   # An invalid q anywhere in the row (negative or NaN probability, NaN or +inf logit)
   # makes the result NaN, as it does for a dense target: never a finite wrong number.
   invalid = jnp.any(jnp.isnan(dq.prob), axis=-1)
@@ -96,7 +118,7 @@ def entropy(
   return _inputs.apply_base(h, base)
 
 
-@_checks.roles(**_checks.PAIR, labels="labels", base="unchecked")
+@_checks.roles(**_checks.PAIR, labels="labels", label_smoothing="unchecked", base="unchecked")
 def cross_entropy(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -104,6 +126,7 @@ def cross_entropy(
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
   labels: ArrayLike | None = None,
+  label_smoothing: float = 0.0,
   axis: int = -1,
   where: ArrayLike | None = None,
   base: float | None = None,
@@ -138,6 +161,11 @@ def cross_entropy(
     q_logits: model as logits instead of ``q``.
     labels: target as integer class indices instead of ``p`` (the batch shape: the
       input shape without ``axis``).
+    label_smoothing: with ``labels``, the weight :math:`\varepsilon \in [0, 1]` of the
+      uniform distribution over the categories ``where`` includes: the target is
+      :math:`(1 - \varepsilon)\,\mathbb{1}_y + \varepsilon / K` (PyTorch's
+      ``label_smoothing``, but no mass on excluded categories -- ``optax.smooth_labels``
+      puts some there, which then cost ``+inf``). A Python number.
     axis: the category axis.
     where: boolean mask over categories, broadcastable to the inputs.
     base: logarithm base (``None``: nats; 2: bits).
@@ -161,17 +189,18 @@ def cross_entropy(
   """
   fn = "cross_entropy"
   _inputs.check_base(fn, base)
+  eps = _label_smoothing(fn, label_smoothing, labels)
   ps = _inputs.source(fn, "p", p, p_logits, labels, labels_allowed=True)
   qs = _inputs.source(fn, "q", q, q_logits)
   # Logits q: a fused kernel of _numerics, which upcasts 16-bit inputs itself.
   a = _inputs.align(fn, ps, qs, axis=axis, where=where, upcast=qs.kind != "logits")
   ps, qs = a.sources
   if ps.kind == "labels":
-    h = _labels_nll(fn, ps, qs, a.where)
+    h = _labels_nll(fn, ps, qs, a.where, eps)
   elif qs.kind == "logits" and ps.kind == "logits":
-    h = _numerics.ce_from_logits(ps.value, qs.value, a.where)
+    h = _kernels.ce_from_logits(ps.value, qs.value, a.where)
   elif qs.kind == "logits":
-    h = _numerics.soft_ce_from_logits(ps.value, qs.value, a.where)
+    h = _kernels.soft_ce_from_logits(ps.value, qs.value, a.where)
   else:
     dp, dq = _inputs.dist(ps, a.where), _inputs.dist(qs, a.where)
     h = _numerics.neg_sum(_numerics.xlogy(dp.prob, dp.zero, dq.log_prob, dq.zero))
@@ -249,9 +278,9 @@ def kl_divergence(
   if ps.kind == "labels":
     d = _labels_nll(fn, ps, qs, a.where)
   elif ps.kind == "logits" and qs.kind == "logits":
-    d = _numerics.kl_from_logits(ps.value, qs.value, a.where)
+    d = _kernels.kl_from_logits(ps.value, qs.value, a.where)
   elif qs.kind == "logits":
-    d = _numerics.soft_kl_from_logits(ps.value, qs.value, a.where)
+    d = _kernels.soft_kl_from_logits(ps.value, qs.value, a.where)
   else:
     dp, dq = _inputs.dist(ps, a.where), _inputs.dist(qs, a.where)
     terms = _numerics.rel_entr(dp.prob, dp.zero, dp.log_prob, dq.log_prob, dq.zero)
