@@ -9,7 +9,18 @@ Each cell asserts:
 * value / jit / vmap: equal to a float64 numpy oracle computed from the same (rounded)
   inputs where the oracle is finite, the same +-inf where it is infinite, NaN where it is
   NaN; jit and vmap also equal the eager batched result;
-* grad / jacfwd / hessian: finite in every row whose value is finite.
+* grad / jacfwd / hessian: finite in every row whose value is finite (jacfwd and hessian
+  in the edge-pattern rows).
+
+Cells with logits inputs in float32 or float64 also run the offset rows (``OFFSET_ROWS``):
+logits on a 1/16 grid, each shifted by constants of ``±1e4`` and ``±1e6`` (every shifted
+logit exactly representable), must give the unshifted value to the rounding of the
+result (``SHIFT_ULPS`` units in the last place of ``max(1, |value|)``) and the same
+gradient; and equal logits at ``±1e8`` and ``±1e30``, ``[1e8, -inf, 1e8, -inf, -inf]``
+and a spread of multiples of 8 around ``±1e8`` must match the oracle (``log K`` for the
+entropy and the cross-entropy of equal logits, ``log 2`` for the two-of-five row).
+16-bit logits have no such exact shifts (bfloat16 resolves 64 at 1e4; float16 overflows
+at 1e6), so their cells run the patterns only.
 
 The number of cells run is printed at the end of the session (``-s`` shows it) and
 checked to be in the thousands.
@@ -128,6 +139,61 @@ def _softmax(z, where=None):
 
 
 PATTERNS = _patterns()
+
+
+def _fine(x):
+  """Logits rounded to multiples of 1/16 and at least -8 (-inf stays -inf): any shift by
+  a multiple of 1/16 below 2^20 in magnitude is exact in float32."""
+  with np.errstate(invalid="ignore"):
+    return np.where(np.isneginf(x), x, np.maximum(np.round(x * 16) / 16, -8.0))
+
+
+SHIFTS = ((1e4, -1e6), (-1e4, 1e6), (1e6, 1e4), (-1e6, -1e4))  # (added to p, added to q)
+SHIFT_ULPS = 8
+
+
+def _offset_rows() -> tuple[list[Row], list[tuple[int, int]]]:
+  """Rows with exactly representable offsets, and (base, shifted) index pairs into them."""
+  rng = np.random.default_rng(20261201)
+  zp, zq = _fine(np.log(rng.dirichlet(np.ones(V)))), _fine(np.log(rng.dirichlet(np.ones(V))))
+  zp_zero, zq_zero = zp.copy(), zq.copy()
+  zp_zero[1], zq_zero[3] = -np.inf, -np.inf  # p_1 = 0 < q_1 and q_3 = 0 < p_3
+  keep = np.array([True, True, False, True, False])
+
+  def row(name, zp, zq, where=None):
+    w = np.ones(V, bool) if where is None else where
+    return Row(name, _softmax(zp, w), _softmax(zq, w), zp, zq, w)
+
+  base = [
+    row("fine", zp, zq),
+    row("fine_zeros", zp_zero, zq_zero),
+    row("fine_masked", zp, zq, keep),
+  ]
+  rows, pairs = list(base), []
+  for b in base:
+    for cp, cq in SHIFTS:
+      pairs.append((base.index(b), len(rows)))
+      rows.append(Row(f"{b.name}{cp:+g}/{cq:+g}", b.p, b.q, b.zp + cp, b.zq + cq, b.where))
+  two = np.array([1e8, -np.inf, 1e8, -np.inf, -np.inf])
+  spread = 8.0 * np.array([0, 1, -1, 2, 0])
+  for c in (1e8, -1e8, 1e30, -1e30):
+    rows.append(row(f"equal{c:+g}", np.full(V, c), np.full(V, c)))
+  rows.append(row("two_of_five+1e8", two, two))
+  rows.append(row("spread+-1e8", 1e8 + spread, -1e8 + spread[::-1]))
+  return rows, pairs
+
+
+OFFSET_ROWS, SHIFT_PAIRS = _offset_rows()
+
+
+def _offsets_apply(spec, form: str, dtype_name: str) -> bool:
+  """The offset rows run where a logits input is given in float32 or float64."""
+  logits = form in ("logits", "mixed", "labels")  # the unary forms: "probs" or "logits"
+  return logits and dtype_name in ("float32", "float64")
+
+
+def _rows(spec, form: str, dtype_name: str) -> list[Row]:
+  return PATTERNS + (OFFSET_ROWS if _offsets_apply(spec, form, dtype_name) else [])
 
 
 # ---------------------------------------------------------------------------
@@ -371,13 +437,13 @@ def _inputs(spec: Spec, form: str, rows: list[Row], dtype):
   return ZQ, fixed, lambda x, f: spec.fn(q_logits=x, **f, **kw)
 
 
-def _assert_matches(got, want, dtype, what, rtol=None):
+def _assert_matches(got, want, dtype, what, rtol=None, rows=PATTERNS):
   got = np.asarray(jnp.asarray(got).astype(jnp.float64))
   want = np.asarray(want, np.float64)
   if rtol is None:
     rtol = 1e-10 if dtype == jnp.float64 else 2e-5
   for i, (g, w) in enumerate(zip(got, want, strict=True)):
-    name = PATTERNS[i].name if i < len(PATTERNS) else i
+    name = rows[i].name if i < len(rows) else i
     if np.isnan(w):
       assert np.isnan(g), f"{what} [{name}]: expected NaN, got {g}"
     elif np.isinf(w):
@@ -387,15 +453,19 @@ def _assert_matches(got, want, dtype, what, rtol=None):
       np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * 10, err_msg=f"{what} [{name}]")
 
 
-def _transformed(call, hessian: bool):
-  """One compiled function computing every transformation of a cell group."""
+def _transformed(call, hessian: bool, n: int):
+  """One compiled function computing every transformation of a cell group. jacfwd and the
+  hessian take tangents in the first ``n`` rows only (the edge patterns; the offset rows
+  are checked for values and gradients), through the same batched call."""
 
   def all_transforms(x, fixed, finite):
     total = lambda x: jnp.sum(jnp.where(finite, call(x, fixed), 0.0))  # noqa: E731
     rowwise = lambda x: jnp.where(finite, call(x, fixed), 0.0)  # noqa: E731
-    hess = jax.hessian(total)(x) if hessian else None
+    head = lambda f: lambda h: f(x.at[:n].set(h))  # noqa: E731  f of the first n rows
+    grad_head = lambda x: jax.grad(total)(x)[:n]  # noqa: E731
+    hess = jax.jacfwd(head(grad_head))(x[:n]) if hessian else None
     value, vmapped = call(x, fixed), jax.vmap(call)(x, fixed)
-    return value, vmapped, jax.grad(total)(x), jax.jacfwd(rowwise)(x), hess
+    return value, vmapped, jax.grad(total)(x), jax.jacfwd(head(rowwise))(x[:n])[:n], hess
 
   return jax.jit(all_transforms)
 
@@ -430,37 +500,67 @@ def _cells():
 def planned_cells() -> int:
   """How many cells the selected groups contain (patterns x transformations)."""
   n = 0
-  for _, _, dt in _groups():
-    n += len(PATTERNS) * (6 if dt in ("float32", "float64") else 5)
+  for spec, form, dt in _groups():
+    # value, jit, vmap, grad in every row; jacfwd (and the hessian) in the edge patterns
+    second = 2 if dt in ("float32", "float64") else 1
+    n += 4 * len(_rows(spec, form, dt)) + second * len(PATTERNS)
+    if _offsets_apply(spec, form, dt):
+      n += 2 * len(SHIFT_PAIRS)  # shift invariance of the value and of the gradient
   return n + 4 * len(SPECS) * len(DTYPES)
 
 
 @pytest.mark.parametrize("spec, form, dtype_name", list(_cells()))
 def test_grid(spec, form, dtype_name):
   dtype = DTYPES[dtype_name]
-  x, fixed, call = _inputs(spec, form, PATTERNS, dtype)
-  want = np.array([_oracle_row(spec, form, r, dtype) for r in PATTERNS])
+  rows = _rows(spec, form, dtype_name)
+  x, fixed, call = _inputs(spec, form, rows, dtype)
+  want = np.array([_oracle_row(spec, form, r, dtype) for r in rows])
   finite = np.isfinite(want)
   value = call(x, fixed)
   assert value.dtype == (jnp.float64 if dtype == jnp.float64 else jnp.float32)
-  assert value.shape == (len(PATTERNS),)
+  assert value.shape == (len(rows),)
   rtol = (
     2e-2 if spec.normalised and form in ("probs", "mixed") and dtype_name[-2:] == "16" else None
   )
-  _assert_matches(value, want, dtype, f"{spec.name}/{form}/{dtype_name}/value", rtol)
+  what = f"{spec.name}/{form}/{dtype_name}"
+  _assert_matches(value, want, dtype, f"{what}/value", rtol, rows)
   hess_too = dtype_name in ("float32", "float64")  # 16-bit hessians add nothing new
-  jitted, vm, g, jf, hess = _transformed(call, hess_too)(x, fixed, jnp.asarray(finite))
-  _assert_matches(jitted, want, dtype, f"{spec.name}/{form}/{dtype_name}/jit", rtol)
+  n = len(PATTERNS)
+  jitted, vm, g, jf, hess = _transformed(call, hess_too, n)(x, fixed, jnp.asarray(finite))
+  _assert_matches(jitted, want, dtype, f"{what}/jit", rtol, rows)
   # vmap over rows (every row-aligned input mapped alongside) == the batched call
-  _assert_matches(vm, want, dtype, f"{spec.name}/{form}/{dtype_name}/vmap", rtol)
+  _assert_matches(vm, want, dtype, f"{what}/vmap", rtol, rows)
+  if _offsets_apply(spec, form, dtype_name):
+    _assert_shift_invariant(value, g, rows, dtype, what)
   # derivatives: finite in every row whose value is finite
   assert np.all(np.isfinite(np.asarray(g, np.float64)[finite])), f"grad not finite: {g}"
-  assert np.all(np.isfinite(np.asarray(jf, np.float64)[finite])), "jacfwd not finite"
+  assert np.all(np.isfinite(np.asarray(jf, np.float64)[finite[:n]])), "jacfwd not finite"
   if hess_too:
-    rows = np.asarray(hess, np.float64)[finite][:, :, finite]
-    assert np.all(np.isfinite(rows)), "hessian not finite"
-    CELLS["run"] += len(PATTERNS)
-  CELLS["run"] += len(PATTERNS) * 5
+    h = np.asarray(hess, np.float64)[finite[:n]][:, :, finite[:n]]
+    assert np.all(np.isfinite(h)), "hessian not finite"
+    CELLS["run"] += n
+  CELLS["run"] += len(rows) * 4 + n
+
+
+def _assert_shift_invariant(value, grad, rows, dtype, what):
+  """Each shifted row equals its base row: the value to the rounding of the result, the
+  gradient to the same number of units in the last place of its largest entry."""
+  ulp = float(jnp.finfo(jnp.float64 if dtype == jnp.float64 else jnp.float32).eps)
+  off = len(PATTERNS)
+  value = np.asarray(value, np.float64)[off:]
+  grad = np.asarray(jnp.asarray(grad).astype(jnp.float64))[off:]
+  for b, i in SHIFT_PAIRS:
+    name = rows[off + i].name
+    vb, vi = value[b], value[i]
+    if np.isinf(vb) or np.isnan(vb):
+      assert vi == vb or (np.isnan(vb) and np.isnan(vi)), f"{what}/shift [{name}]: {vi} != {vb}"
+    else:
+      tol = SHIFT_ULPS * ulp * max(1.0, abs(vb))
+      assert abs(vi - vb) <= tol, f"{what}/shift [{name}]: {vi} != {vb} (by {vi - vb:.3g})"
+    gb, gi = grad[b], grad[i]
+    tol = SHIFT_ULPS * ulp * max(1.0, float(np.max(np.abs(gb), initial=0.0)))
+    assert np.all(np.abs(gi - gb) <= tol), f"{what}/shift grad [{name}]: {gi} != {gb}"
+  CELLS["run"] += 2 * len(SHIFT_PAIRS)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
