@@ -999,7 +999,9 @@ def f_divergence(
   :math:`p_i f'(\infty)` (``+inf`` for KL). Where :math:`p_i > q_i` and the generator
   provides ``fn_over_u``, the term is computed as :math:`p_i \cdot f(u)/u`, so that a
   huge ratio next to an underflowing :math:`q_i` (``±1e4`` logits) stays exact; a plain
-  function has no such form, and there its term is NaN where :math:`f(u)` overflows. The
+  function has no such form, and its term is ``inf`` or NaN (never a finite wrong
+  number) where the function overflows (:math:`u \log u` beyond :math:`u \approx e^{84}`
+  in float32). The
   derivative of a term with :math:`p_i = 0` in :math:`p_i` is returned as 0
   (probability inputs); the named functions may return the true finite one instead.
 

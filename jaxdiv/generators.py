@@ -376,9 +376,9 @@ def from_function(
   guess; give the limit explicitly to avoid that. A limit derived from a function that
   closes over traced values (a parameter being optimised) is treated as a constant by
   autodiff. There is no :math:`f(u)/u` form, so where :math:`p_i > q_i` the term is
-  :math:`q_i f(u)` as written: at ratios where ``fn`` overflows next to an underflowing
-  :math:`q_i` (``±1e4`` logits) it is NaN; a :class:`Generator` with ``fn_over_u`` stays
-  exact there.
+  :math:`q_i f(u)` as written: at ratios where ``fn`` overflows (``±1e4`` logits) it is
+  ``inf`` or NaN, never a finite wrong number; a :class:`Generator` with ``fn_over_u``
+  stays exact there.
 
   Args:
     fn: :math:`t \mapsto f(e^t)`, elementwise (jnp operations).
