@@ -24,7 +24,7 @@ from jax.scipy import linalg as jsp_linalg
 from jax.scipy import special as jsp_special
 from jax.typing import ArrayLike
 
-from jaxdiv import _checks, _inputs, _numerics
+from jaxdiv import _api, _checks, _inputs, _numerics
 
 Array = jax.Array
 
@@ -91,6 +91,7 @@ def _normal_args(fn: str, sides: dict, **locs):
   return out_locs, scales
 
 
+@_api.public
 @_checks.roles(
   loc_p="finite",
   scale_p="positive",
@@ -180,6 +181,7 @@ def normal_kl_divergence(
   return _inputs.apply_base(kl, base)
 
 
+@_api.public
 @_checks.roles(scale="positive", log_scale="finite", base="unchecked")
 def normal_entropy(
   scale: ArrayLike | None = None,
@@ -222,6 +224,7 @@ def normal_entropy(
   return _inputs.apply_base(h, base)
 
 
+@_api.public
 @_checks.roles(
   loc_p="finite",
   scale_p="positive",
@@ -346,6 +349,7 @@ def _log_abs_diag(scale_tril: Array) -> Array:
   return jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1)))
 
 
+@_api.public
 @_checks.roles(
   loc_p="finite", scale_tril_p="tril", loc_q="finite", scale_tril_q="tril", base="unchecked"
 )
@@ -421,6 +425,7 @@ def mvn_kl_divergence(
   return _inputs.apply_base(kl, base)
 
 
+@_api.public
 @_checks.roles(scale_tril="tril", base="unchecked")
 def mvn_entropy(scale_tril: ArrayLike, *, base: float | None = None) -> Array:
   r"""Differential entropy of :math:`N(\mu, L L^\top)` from its Cholesky factor.
@@ -453,6 +458,7 @@ def mvn_entropy(scale_tril: ArrayLike, *, base: float | None = None) -> Array:
   return _inputs.apply_base(h, base)
 
 
+@_api.public
 @_checks.roles(
   loc_p="finite", scale_tril_p="tril", loc_q="finite", scale_tril_q="tril", base="unchecked"
 )
@@ -501,6 +507,7 @@ def mvn_cross_entropy(
 # ---------------------------------------------------------------------------
 
 
+@_api.public
 @_checks.roles(
   concentration_p="positive", concentration_q="positive", axis="axis", base="unchecked"
 )

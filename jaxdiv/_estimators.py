@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxdiv import _checks, _inputs, _numerics
+from jaxdiv import _api, _checks, _inputs, _numerics
 
 Array = jax.Array
 
@@ -42,6 +42,7 @@ def _with_k2_gradient_jvp(primals, tangents):
   return value, log_ratio * d_log_ratio
 
 
+@_api.public
 @_checks.roles(
   log_p="log_density",
   log_q="log_density",
@@ -187,6 +188,7 @@ def _with_score_jvp(primals, tangents):
   return value, d_value + weight * d_log_prob
 
 
+@_api.public
 @_checks.roles(
   p_logits="logits", q_logits="logits", tokens="labels", mask="unchecked", base="unchecked"
 )

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _checks, _inputs, _kernels, _numerics
+from jaxdiv import _api, _checks, _inputs, _kernels, _numerics
 
 Array = jax.Array
 
@@ -57,6 +57,7 @@ def _labels_nll(fn: str, labels: _inputs.Source, q: _inputs.Source, where, eps=0
   return jnp.where(out_of_range, jnp.full_like(nll, jnp.nan), nll)
 
 
+@_api.public
 @_checks.roles(
   p="probs", p_logits="logits", logits="logits", axis="axis", where="where", base="unchecked"
 )
@@ -118,6 +119,7 @@ def entropy(
   return _inputs.apply_base(h, base)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, labels="labels", label_smoothing="unchecked", base="unchecked")
 def cross_entropy(
   p: ArrayLike | None = None,
@@ -207,6 +209,7 @@ def cross_entropy(
   return _inputs.apply_base(h, base)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, labels="labels", base="unchecked")
 def kl_divergence(
   p: ArrayLike | None = None,
@@ -320,6 +323,7 @@ def _bernoulli_pair(fn, p, q, p_logits, q_logits, base):
   return tuple(_bernoulli_dist(s.kind, jnp.broadcast_to(upcast(s), shape)) for s in (sp, sq))
 
 
+@_api.public
 @_checks.roles(**_checks.BINARY_PAIR, base="unchecked")
 def binary_cross_entropy(
   p: ArrayLike | None = None,
@@ -355,6 +359,7 @@ def binary_cross_entropy(
   return _inputs.apply_base(h, base)
 
 
+@_api.public
 @_checks.roles(**_checks.BINARY_PAIR, base="unchecked")
 def binary_kl_divergence(
   p: ArrayLike | None = None,
