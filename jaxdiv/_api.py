@@ -18,7 +18,6 @@ import inspect
 import jax
 import numpy as np
 
-
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
@@ -38,7 +37,7 @@ def public(fn):
     if len(args) > len(positional) or any(k in kwargs for k in positional[: len(args)]):
       return fn(*args, **kwargs)  # the function's own error for a wrong call
     arrays, static = {}, []
-    for k, v in (*zip(positional, args), *kwargs.items()):
+    for k, v in (*zip(positional[: len(args)], args, strict=True), *kwargs.items()):
       if isinstance(v, jax.core.Tracer):
         return fn(*args, **kwargs)  # inside a trace: the enclosing transformation compiles
       if isinstance(v, _ARRAY_TYPES):

@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxdiv import _checks, _inputs, _numerics, generators
+from jaxdiv import _api, _checks, _inputs, _numerics, generators
 from jaxdiv.generators import Generator
 
 Array = jax.Array
@@ -241,6 +241,7 @@ def _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base) -> 
   return _inputs.apply_base(js, base)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, weight="unchecked", base="unchecked")
 def jensen_shannon_divergence(
   p: ArrayLike | None = None,
@@ -318,6 +319,7 @@ def jensen_shannon_divergence(
   return _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, weight="unchecked", base="unchecked")
 def jensen_shannon_distance(
   p: ArrayLike | None = None,
@@ -368,6 +370,7 @@ def jensen_shannon_distance(
   return _sqrt(jnp.maximum(js, 0.0))
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, base="unchecked")
 def jeffreys_divergence(
   p: ArrayLike | None = None,
@@ -416,6 +419,7 @@ def jeffreys_divergence(
   return _inputs.apply_base(j, base)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, alpha="unchecked", base="unchecked")
 def skew_kl_divergence(
   p: ArrayLike | None = None,
@@ -480,6 +484,7 @@ def skew_kl_divergence(
 # ---------------------------------------------------------------------------
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR)
 def total_variation_distance(
   p: ArrayLike | None = None,
@@ -531,6 +536,7 @@ def _bhattacharyya(pr: _Pair) -> Array:
   return jnp.sum(_sqrt(pr.p.prob) * _sqrt(pr.q.prob), axis=-1)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR)
 def squared_hellinger_distance(
   p: ArrayLike | None = None,
@@ -578,6 +584,7 @@ def squared_hellinger_distance(
   return _squared_hellinger(_Pair(fn, p, q, p_logits, q_logits, axis, where))
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR)
 def hellinger_distance(
   p: ArrayLike | None = None,
@@ -615,6 +622,7 @@ def hellinger_distance(
   return _sqrt(_squared_hellinger(_Pair(fn, p, q, p_logits, q_logits, axis, where)))
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR)
 def bhattacharyya_coefficient(
   p: ArrayLike | None = None,
@@ -657,6 +665,7 @@ def bhattacharyya_coefficient(
   return _bhattacharyya(_Pair(fn, p, q, p_logits, q_logits, axis, where))
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, base="unchecked")
 def bhattacharyya_distance(
   p: ArrayLike | None = None,
@@ -709,6 +718,7 @@ def bhattacharyya_distance(
   return _inputs.apply_base(d, base)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR)
 def chi_squared_divergence(
   p: ArrayLike | None = None,
@@ -765,6 +775,7 @@ def chi_squared_divergence(
 # ---------------------------------------------------------------------------
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, alpha="unchecked", base="unchecked")
 def renyi_divergence(
   p: ArrayLike | None = None,
@@ -881,6 +892,7 @@ def renyi_divergence(
   return _inputs.apply_base(out, base)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, alpha="unchecked")
 def alpha_divergence(
   p: ArrayLike | None = None,
@@ -968,6 +980,7 @@ def _times_limit(x: Array, c) -> Array:
   return jnp.where(c_odd & (x > 0), c + 0 * prod, prod)
 
 
+@_api.public
 @_checks.roles(**_checks.PAIR, f="unchecked")
 def f_divergence(
   p: ArrayLike | None = None,
