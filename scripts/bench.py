@@ -10,7 +10,9 @@ ratios to jaxdiv and the compiled temporary memory
 Cases: KL from two logit arrays (``kl``), cross-entropy with soft targets (``ce_soft``:
 target probabilities, model logits) and with integer labels (``ce_labels``), each forward
 (``fwd``) and value-and-gradient with respect to the model logits (``vg``), at
-[1024, 32768], [65536, 512] and [8, 10] float32 and [1024, 32768] bfloat16; the exp
+[1024, 32768], [65536, 512] and [8, 10] float32 and [1024, 32768] bfloat16; eager calls
+(outside ``jit``) at [8, 10] and [64, 1000]; ``jax.vmap`` over a leading axis of
+[4, 256, 8192] against the same data as one batched call; the exp
 floor (``jnp.exp`` over both arrays, summed per row) and a jitted identity (the call
 overhead floor for the small shape). The float32 relative error of jaxdiv against a
 float64 evaluation of the same inputs is recorded for every shape.
@@ -27,8 +29,9 @@ Run::
   .venv/bin/python scripts/bench.py --quick         # tiny shapes: a smoke test of the suite
   .venv/bin/python scripts/bench.py --gpu           # adds [8192, 131072] KL and % of peak bandwidth
 
-``--gpu`` reports the achieved bandwidth (bytes that must move: each input read once, the
-gradient written once) as a percentage of ``--peak-tbps`` (4.8 TB/s, an H200).
+``--gpu`` adds KL, CE (soft and labels) and Jensen--Shannon at [8192, 131072] in bfloat16
+and float32, with the achieved bandwidth (bytes that must move: each input read once,
+the gradient written once) as a percentage of ``--peak-tbps`` (4.8 TB/s, an H200).
 """
 
 from __future__ import annotations
@@ -100,7 +103,24 @@ def _ce_labels(impl):
   return plain
 
 
+def _jsd(impl):
+  if impl == "jaxdiv":
+    return lambda p, q: jaxdiv.jensen_shannon_divergence(p_logits=p, q_logits=q)
+  if impl == "optax":
+    return None  # optax has no Jensen-Shannon divergence
+
+  def plain(p, q):
+    log_p = jax.nn.log_softmax(p.astype(jnp.float32))
+    log_q = jax.nn.log_softmax(q.astype(jnp.float32))
+    log_m = jnp.logaddexp(log_p, log_q) - jnp.log(2.0)
+    kl = lambda a: jnp.sum(jnp.exp(a) * (a - log_m), axis=-1)  # noqa: E731
+    return 0.5 * (kl(log_p) + kl(log_q))
+
+  return plain
+
+
 LOSSES = {"kl": _kl, "ce_soft": _ce_soft, "ce_labels": _ce_labels}
+GPU_LOSSES = {**LOSSES, "jsd": _jsd}
 
 
 def _value_and_grad(f):
@@ -193,10 +213,16 @@ def _bench_case(loss, mode, shape, dtype, repeats, seed):
   args = _inputs(loss, shape, jnp.dtype(dtype), seed)
   fns, temp = {}, {}
   for impl in IMPLS:
-    f = LOSSES[loss](impl)
+    f = GPU_LOSSES[loss](impl)
+    if f is None:
+      continue
     compiled = jax.jit(f if mode == "fwd" else _value_and_grad(f)).lower(*args).compile()
     fns[impl], temp[impl] = compiled, _temp_bytes(compiled)
   ms = _time_interleaved(fns, args, repeats)
+  return _case(loss, mode, shape, dtype, ms, temp)
+
+
+def _case(loss, mode, shape, dtype, ms, temp):
   return {
     "loss": loss,
     "mode": mode,
@@ -204,8 +230,39 @@ def _bench_case(loss, mode, shape, dtype, repeats, seed):
     "dtype": dtype,
     "ms": ms,
     "temp_bytes": temp,
-    "speedup_vs_optax": ms["optax"] / ms["jaxdiv"],
+    "speedup_vs_optax": ms["optax"] / ms["jaxdiv"] if "optax" in ms else None,
     "speedup_vs_jax": ms["jax"] / ms["jaxdiv"],
+  }
+
+
+def _eager_case(loss, shape, repeats, seed):
+  """Calls outside ``jit``, as in a notebook: after a warm-up call, nothing compiles."""
+  args = _inputs(loss, shape, jnp.float32, seed)
+  fns = {impl: LOSSES[loss](impl) for impl in IMPLS}
+  return _case(loss, "eager", shape, "float32", _time_interleaved(fns, args, repeats), {})
+
+
+def _vmap_case(loss, mode, shape, repeats, seed):
+  """``jax.vmap`` over a leading axis of 4 against the same data as one batched call."""
+  args = _inputs(loss, shape, jnp.float32, seed)
+  flat = tuple(x.reshape(-1, *x.shape[2:]) for x in args)
+  fns, ms = {}, {}
+  for impl in ("jaxdiv", "optax"):
+    f = LOSSES[loss](impl)
+    wrap = (lambda g: g) if mode == "fwd" else _value_and_grad
+    fns[impl + "_vmap"] = jax.jit(wrap(jax.vmap(f)))
+    fns[impl + "_batched"] = jax.jit(wrap(f))
+  for name, f in fns.items():
+    ms[name] = _time_interleaved({name: f}, flat if name.endswith("batched") else args, repeats)[
+      name
+    ]
+  return {
+    "loss": loss,
+    "mode": mode,
+    "shape": list(shape),
+    "ms": ms,
+    "jaxdiv_vmap_over_batched": ms["jaxdiv_vmap"] / ms["jaxdiv_batched"],
+    "optax_vmap_over_jaxdiv_vmap": ms["optax_vmap"] / ms["jaxdiv_vmap"],
   }
 
 
@@ -233,19 +290,25 @@ def _floors(shape, dtype, repeats, seed):
 
 
 def _gpu_cases(quick, repeats, seed, peak_tbps):
+  """KL, CE (soft targets and labels) and JSD at [8192, 131072], with the bytes each
+  must move -- every input read once, the gradient written once -- and the achieved
+  percentage of the peak bandwidth."""
   shape = (64, 2048) if quick else (8192, 131072)
+  n = shape[0] * shape[1]
   out = []
   for dtype in ("bfloat16", "float32"):
-    for mode in ("fwd", "vg"):
-      case = _bench_case("kl", mode, shape, dtype, repeats, seed)
-      n = shape[0] * shape[1]
-      itemsize = jnp.dtype(dtype).itemsize
-      moved = 2 * n * itemsize + (n * itemsize if mode == "vg" else 0)  # reads (+ gradient)
-      case["bytes_moved"] = moved
-      case["bandwidth_pct_of_peak"] = {
-        k: 100 * moved / (v * 1e-3) / (peak_tbps * 1e12) for k, v in case["ms"].items()
-      }
-      out.append(case)
+    itemsize = jnp.dtype(dtype).itemsize
+    for loss in GPU_LOSSES:
+      for mode in ("fwd", "vg"):
+        case = _bench_case(loss, mode, shape, dtype, repeats, seed)
+        reads = (1 if loss == "ce_labels" else 2) * n * itemsize
+        moved = reads + (n * itemsize if mode == "vg" else 0)
+        case["bytes_moved"] = moved
+        case["bandwidth_pct_of_peak"] = {
+          k: 100 * moved / (v * 1e-3) / (peak_tbps * 1e12) for k, v in case["ms"].items()
+        }
+        print("gpu " + _row(case), flush=True)
+        out.append(case)
   return out
 
 
@@ -276,7 +339,20 @@ def run(
             "max_rel_error": _rel_error(loss, shape, jnp.float32, seed),
           }
         )
+  eager, vmapped = [], []
+  for shape in [(8, 10), (16, 64)] if quick else [(8, 10), (64, 1000)]:
+    for loss in LOSSES:
+      eager.append(_eager_case(loss, shape, repeats if quick else 200, seed))
+      print(_row(eager[-1]), flush=True)
+  for loss in LOSSES:
+    for mode in ("fwd", "vg"):
+      vmapped.append(
+        _vmap_case(loss, mode, (4, 16, 64) if quick else (4, 256, 8192), repeats, seed)
+      )
+      print(_vmap_row(vmapped[-1]), flush=True)
   out = {
+    "eager": eager,
+    "vmap": vmapped,
     "backend": jax.default_backend(),
     "device": str(jax.devices()[0].device_kind),
     "jax": jax.__version__,
@@ -300,22 +376,37 @@ def _mib(b):
 def _row(c):
   ms, t = c["ms"], c["temp_bytes"]
   shape = "x".join(map(str, c["shape"]))
+  vs_optax = "-" if c["speedup_vs_optax"] is None else f"{c['speedup_vs_optax']:.2f}"
   return (
-    f"{c['loss']:<10}{c['mode']:<4}{shape:>12} {c['dtype']:<9}"
-    + "".join(f"{ms[k]:>9.2f}" for k in IMPLS)
-    + f"{c['speedup_vs_optax']:>8.2f}x{c['speedup_vs_jax']:>7.2f}x"
-    + "".join(f"{_mib(t[k]):>9}" for k in IMPLS)
+    f"{c['loss']:<10}{c['mode']:<6}{shape:>12} {c['dtype']:<9}"
+    + "".join(f"{ms[k]:>9.3f}" if k in ms else f"{'-':>9}" for k in IMPLS)
+    + f"{vs_optax:>8}x{c['speedup_vs_jax']:>7.2f}x"
+    + "".join(f"{_mib(t.get(k)):>9}" for k in IMPLS)
+  )
+
+
+def _vmap_row(v):
+  ms = v["ms"]
+  return (
+    f"vmap {v['loss']:<10}{v['mode']:<4}{'x'.join(map(str, v['shape'])):>12} "
+    f"jaxdiv vmap {ms['jaxdiv_vmap']:.2f} ms / batched {ms['jaxdiv_batched']:.2f} ms "
+    f"= {v['jaxdiv_vmap_over_batched']:.2f}x; optax vmap {ms['optax_vmap']:.2f} ms "
+    f"({v['optax_vmap_over_jaxdiv_vmap']:.2f}x jaxdiv's)"
   )
 
 
 def table(results: dict) -> str:
   head = (
-    f"{'loss':<10}{'mode':<4}{'shape':>12} {'dtype':<9}"
+    f"{'loss':<10}{'mode':<6}{'shape':>12} {'dtype':<9}"
     + "".join(f"{k + ' ms':>9}" for k in IMPLS)
     + f"{'/optax':>9}{'/jax':>8}"
     + "".join(f"{k[:4] + ' MiB':>9}" for k in IMPLS)
   )
   lines = [head, "-" * len(head)] + [_row(c) for c in results["cases"]]
+  lines += ["", "eager calls (outside jit, after a warm-up call):"]
+  lines += [_row(c) for c in results["eager"]]
+  lines += ["", "vmap over a leading axis against the same data batched:"]
+  lines += [_vmap_row(v) for v in results["vmap"]]
   lines += ["", "floors (KL forward vs exp over both arrays and a jitted identity):"]
   for f in results["floors"]:
     ms = f["ms"]
@@ -341,7 +432,9 @@ def table(results: dict) -> str:
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
-  parser.add_argument("--gpu", action="store_true", help="add the [8192, 131072] KL cases")
+  parser.add_argument(
+    "--gpu", action="store_true", help="add KL, CE and JSD at [8192, 131072] with % of bandwidth"
+  )
   parser.add_argument("--peak-tbps", type=float, default=4.8, help="peak bandwidth (TB/s)")
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per function")
   parser.add_argument("--seed", type=int, default=0)
