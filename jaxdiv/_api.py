@@ -27,6 +27,10 @@ def public(fn):
   if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values()):
     return fn
   positional = [k for k, p in params.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+  # Parameters (alpha, weight, ...) whose concrete values the function checks: given as
+  # an array, the call runs as written so that the check sees the value, not a tracer.
+  roles = getattr(fn, "_jaxdiv_roles", {})
+  checked_by_value = {k for k, role in roles.items() if role == "unchecked"}
 
   @functools.partial(jax.jit, static_argnums=0)
   def compiled(static, arrays):
@@ -41,6 +45,8 @@ def public(fn):
       if isinstance(v, jax.core.Tracer):
         return fn(*args, **kwargs)  # inside a trace: the enclosing transformation compiles
       if isinstance(v, _ARRAY_TYPES):
+        if k in checked_by_value:
+          return fn(*args, **kwargs)
         arrays[k] = v
       else:
         static.append((k, v))
