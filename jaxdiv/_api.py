@@ -21,6 +21,11 @@ import numpy as np
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
+def _numeric(x) -> bool:
+  """A value jit can take (a string or object array gets the function's own error)."""
+  return np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_
+
+
 def public(fn):
   """Wrap a public function so that its eager calls are compiled once per configuration."""
   params = inspect.signature(fn).parameters
@@ -45,7 +50,7 @@ def public(fn):
       if isinstance(v, jax.core.Tracer):
         return fn(*args, **kwargs)  # inside a trace: the enclosing transformation compiles
       if isinstance(v, _ARRAY_TYPES):
-        if k in checked_by_value:
+        if k in checked_by_value or not _numeric(v):
           return fn(*args, **kwargs)
         arrays[k] = v
       else:

@@ -343,7 +343,7 @@ def test_category_axis_follows_axis_and_batch_broadcasting_still_works():
   np.testing.assert_allclose(
     jaxdiv.dirichlet_kl_divergence(np.ones(3), 2.0),
     jaxdiv.dirichlet_kl_divergence(np.ones(3), np.full(3, 2.0)),
-    rtol=1e-15,
+    rtol=1e-13,  # a Python scalar is a compile-time constant: the last bits may differ
   )
 
 
