@@ -31,7 +31,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.typing import ArrayLike
 
 from jaxdiv import _api, _checks, _inputs, _numerics, generators
@@ -123,16 +122,6 @@ def _log1prel(y: Array) -> Array:
   yl = jnp.where(small, jnp.ones_like(y), y)
   series = 1 - ys * (1 / 2 - ys * (1 / 3 - ys * (1 / 4 - ys / 5)))
   return jnp.where(small, series, jnp.log1p(yl) / yl)
-
-
-def _masked_logsumexp(x: Array, mask: Array) -> Array:
-  """``log sum_{mask} exp(x)`` over the last axis; ``-inf`` for an empty mask, finite grads."""
-  m = jnp.max(jnp.where(mask, x, -jnp.inf), axis=-1, keepdims=True)
-  m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
-  e = jnp.where(mask, jnp.exp(jnp.where(mask, x, m) - m), jnp.zeros_like(x))
-  s = jnp.sum(e, axis=-1)
-  empty = s == 0  # NaN stays NaN
-  return jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, jnp.ones_like(s), s)) + m[..., 0])
 
 
 def _log_mixture(w: Array, dp: _inputs.Dist, dq: _inputs.Dist) -> tuple[Array, Array]:
@@ -712,7 +701,7 @@ def bhattacharyya_distance(
   # -log BC in log space (finite where BC underflows, e.g. at ±1e4 logits; +inf for
   # disjoint supports).
   both = ~pr.p.zero & ~pr.q.zero
-  far = -_masked_logsumexp(0.5 * (pr.p.log_prob + pr.q.log_prob), both & ~near[..., None])
+  far = -_numerics.logsumexp(0.5 * (pr.p.log_prob + pr.q.log_prob), both & ~near[..., None])
   d = jnp.where(near, -jnp.log1p(-h2s), far)
   d = jnp.where(jnp.isnan(h2), h2, d)  # a negative probability: NaN, not +inf
   return _inputs.apply_base(d, base)
@@ -880,7 +869,7 @@ def renyi_divergence(
   expo = jnp.where(
     eps_l >= -0.5, dp.log_prob + eps_l * d, a_l * dp.log_prob + (1 - a_l) * dq.log_prob
   )
-  lse = _masked_logsumexp(expo, finite)
+  lse = _numerics.logsumexp(expo, finite)
   far_val = lse / eps_l[..., 0]
 
   out = jnp.where(near, near_val, far_val)

@@ -90,10 +90,10 @@ def shift(
   it.
   """
   z = mask(logits, where)
-  m = jnp.max(z, axis=-1)
+  m = lax.stop_gradient(jnp.max(z, axis=-1))  # before pmax, which has no derivative rule
   if axis_name is not None:
     m = lax.pmax(m, axis_name)
-  m = lax.stop_gradient(jnp.maximum(m, jnp.finfo(m.dtype).min))
+  m = jnp.maximum(m, jnp.finfo(m.dtype).min)
   return z - m[..., None], m
 
 

@@ -82,23 +82,6 @@ def _check_mesh(fn: str, mesh, axis_name: str, num_v: int) -> int:
   return k
 
 
-def _local_log_softmax(z: Array, where: Array | None, axis_name: str) -> Array:
-  """``log softmax`` of the full row from this device's block: one pmax, one psum."""
-  if where is not None:
-    z = jnp.where(where, z, -jnp.inf)
-  m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)), axis_name)
-  m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))  # a constant: the shift cancels
-  s = lax.psum(jnp.sum(jnp.exp(z - m), axis=-1, keepdims=True), axis_name)
-  if where is not None:
-    s = jnp.where(s == 0, jnp.ones_like(s), s)  # a fully excluded row: the zero measure
-  return z - m - jnp.log(s)
-
-
-def _dist(log_p: Array):
-  zero = log_p == -jnp.inf
-  return jnp.exp(log_p), jnp.where(zero, jnp.zeros_like(log_p), log_p), zero
-
-
 def _prepare(fn, mesh, axis_name, arrays, where):
   """Align dense [..., V] inputs (category axis last) and ``where``; dtype and specs."""
   names = [k for k, v in arrays.items() if v is not None]
@@ -191,7 +174,7 @@ def sharded_cross_entropy(
     row_spec = PartitionSpec(*([None] * lab.ndim))
 
     def local(zq, index, ignored, out_of_range, where):
-      log_q = _local_log_softmax(zq, where, axis_name)
+      log_q = _numerics.log_softmax(zq, where, axis_name)
       width = zq.shape[-1]
       offset = lax.axis_index(axis_name) * width
       pos = index - offset
@@ -213,9 +196,9 @@ def sharded_cross_entropy(
   p_is_logits = ps.kind == "logits"
 
   def local(pv, zq, where):
-    _, log_q, q_zero = _dist(_local_log_softmax(zq, where, axis_name))
+    _, log_q, q_zero = _numerics.prob_triple(_numerics.log_softmax(zq, where, axis_name))
     if p_is_logits:
-      pr, _, p_zero = _dist(_local_log_softmax(pv, where, axis_name))
+      pr, _, p_zero = _numerics.prob_triple(_numerics.log_softmax(pv, where, axis_name))
     else:
       pr = _inputs.probs(_inputs.Source("probs", "p", pv), where)
       p_zero = pr == 0
@@ -289,9 +272,9 @@ def sharded_kl_divergence(
   p_is_logits = ps.kind == "logits"
 
   def local(pv, zq, where):
-    _, log_q, q_zero = _dist(_local_log_softmax(zq, where, axis_name))
+    _, log_q, q_zero = _numerics.prob_triple(_numerics.log_softmax(zq, where, axis_name))
     if p_is_logits:
-      pr, log_p, p_zero = _dist(_local_log_softmax(pv, where, axis_name))
+      pr, log_p, p_zero = _numerics.prob_triple(_numerics.log_softmax(pv, where, axis_name))
     else:
       pr = _inputs.probs(_inputs.Source("probs", "p", pv), where)
       log_p, p_zero = _numerics.safe_log(pr)
