@@ -9,6 +9,9 @@ import pathlib
 
 import pytest
 
+# the benchmark suite end to end: run by .ci/run (`-m slow`), not by ./scripts/test.sh
+pytestmark = pytest.mark.slow
+
 _BENCH = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 
 

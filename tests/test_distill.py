@@ -8,6 +8,9 @@ import pytest
 
 from experiments import distill
 
+# the distillation experiment end to end: run by .ci/run (`-m slow`), not by ./scripts/test.sh
+pytestmark = pytest.mark.slow
+
 QUICK = ["--quick", "--quiet"]
 FIGURES = ("distill_curves", "distill_mass", "distill_cost")
 TIMINGS = ("fused_step_ms", "naive_step_ms")

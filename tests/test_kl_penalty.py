@@ -8,6 +8,9 @@ from scipy.optimize import brentq
 
 from experiments import _io, kl_penalty
 
+# the KL-penalty experiment end to end: run by .ci/run (`-m slow`), not by ./scripts/test.sh
+pytestmark = pytest.mark.slow
+
 QUICK = ["--quick", "--quiet"]
 FIGURES = ("kl_penalty_bias", "kl_penalty_training", "kl_penalty_policies")
 GRADIENT_KEYS = {"bias_norm", "bias_se", "num_samples", "predicted_bias_norm", "theory_unbiased"}

@@ -3,7 +3,6 @@
 The logits kernels and their CPU strategy are tested in test_kernels.py.
 """
 
-import functools
 import math
 
 import jax
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import scipy.special
 
-import jaxdiv
 from jaxdiv import _numerics
 
 INF = np.inf
