@@ -84,6 +84,7 @@ def test_ce_vs_kl_rerun_is_byte_identical(quick_run, tmp_path):
     assert (tmp_path / name).read_bytes() == (quick_run / name).read_bytes(), name
 
 
+@pytest.mark.slow  # a second run on four simulated devices
 def test_ce_vs_kl_four_devices_match_one(quick_run, tmp_path):
   """Data-parallel over 4 simulated CPU devices (a fresh process) matches one device."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")

@@ -69,6 +69,7 @@ def test_readme_has_blocks_and_is_short():
   assert sum(b["id"].startswith("README.md") for b in BLOCKS) >= 2
 
 
+@pytest.mark.slow  # every snippet in its own process: run by .ci/run (`-m slow`)
 @pytest.mark.parametrize("block", BLOCKS, ids=[b["id"] for b in BLOCKS])
 def test_snippet_runs_as_written(block, outcomes):
   error = outcomes[block["id"]]

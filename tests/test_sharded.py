@@ -12,6 +12,9 @@ import textwrap
 
 import pytest
 
+# multi-device runs in a subprocess: run by .ci/run (`-m slow`), not by ./scripts/test.sh
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent(
   """
   import os, re, traceback
