@@ -6,10 +6,11 @@ compare or select in it makes the whole pass a scalar loop). Two strategies foll
 each used where ``scripts/bench.py`` shows it pays (the docs' performance page has the
 measurements):
 
-* **Row blocks** (32- and 64-bit logits, the exact formulas): the portable formula over
-  blocks of rows of about a megabyte (``lax.map``), so that a block stays in cache for
-  all of its passes instead of each pass reading the whole ``[N, V]`` array from memory.
-* **Fast formulas** (16-bit logits, and integer labels): where-free formulas that are
+* **Row blocks** (the exact formulas, with a mask or where the fast ones are not
+  finite): the portable formula over blocks of rows of about a megabyte (``lax.map``),
+  so that a block stays in cache for all of its passes instead of each pass reading the
+  whole ``[N, V]`` array from memory.
+* **Fast formulas** (no mask, at least 4096 elements): where-free formulas that are
   finite exactly when they are valid, each pass reading its own copy of the input (an
   optimisation barrier) so that a 16-bit input is converted inside the pass instead of
   into a materialised float32 copy; the rows are shifted by a sample of the logits (or
@@ -53,7 +54,6 @@ def strategy(name: str, *args):
     and where is None
     and not any(static)  # label smoothing: the exact rows
     and z.size >= _FAST_MIN_SIZE
-    and (jnp.dtype(z.dtype).itemsize < 4 or name == "labels_rows")
   )
   portable = getattr(_kernels, name)
   exact = exact or portable
