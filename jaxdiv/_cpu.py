@@ -71,7 +71,7 @@ def _exact(name: str, z):
     return None
   rows_fn = getattr(_kernels, name)
   if jnp.dtype(z.dtype).itemsize < 4:  # converted inside the loop, not hoisted out of it
-    rows_fn = functools.partial(rows_fn, fresh=_fresh_tuple)
+    rows_fn = functools.partial(rows_fn, fresh=lax.optimization_barrier)
 
   def run(*args):
     *arrays, where = args[:3]
@@ -116,10 +116,6 @@ def _fold_vmap(name: str, fn, num_static: int):
 # ---------------------------------------------------------------------------
 # Fast formulas
 # ---------------------------------------------------------------------------
-
-
-def _fresh_tuple(xs):
-  return lax.optimization_barrier(xs)
 
 
 def _fresh(*xs):
