@@ -170,6 +170,7 @@ FAILING = textwrap.dedent(
   """
   import os, sys, time
   import jax, jax.numpy as jnp, numpy as np
+  from jax.experimental import multihost_utils
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   how, who = sys.argv[1], int(sys.argv[2])
@@ -177,6 +178,8 @@ FAILING = textwrap.dedent(
   x = jax.device_put(np.arange(8.0, dtype=np.float32), NamedSharding(mesh, P("x")))
   f = jax.jit(lambda x: jnp.sum(x * x), out_shardings=NamedSharding(mesh, P()))
   print("step", float(f(x)), flush=True)
+  # Both have printed before either fails (else the survivor may be stopped first).
+  multihost_utils.sync_global_devices("printed")
   if jax.process_index() == who:
     if how == "exit":
       os._exit(3)
