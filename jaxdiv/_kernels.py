@@ -222,6 +222,13 @@ def _log_prob(z: Array, m: Array, ls: Array, where: Array | None):
   return _numerics.prob_triple(_numerics.mask(z, where) - m[..., None] - ls[..., None])
 
 
+def _softmax(z: Array, m: Array, ls: Array, where: Array | None) -> Array:
+  """The softmax from statistics, as plain arithmetic (a row of only ``-inf`` gives 0):
+  a select in the gradient's elementwise pass would make XLA's CPU loop scalar."""
+  ls = jnp.maximum(ls, jnp.finfo(ls.dtype).min)
+  return jnp.exp(_numerics.mask(z, where) - m[..., None] - ls[..., None])
+
+
 def _zeros(x: Array) -> Array:
   return jnp.zeros_like(x)
 
@@ -273,10 +280,10 @@ def _ce_stats_jvp(primals, tangents):
 
 
 def _soft_rule_q(p: Array, b: Array, where: Array | None, m: Array, lb: Array):
-  """``(q, log q, q sum(p) - p)``: the softmax and the ``db`` coefficient shared by the
+  """``(q, q sum(p) - p)``: the softmax and the ``db`` coefficient shared by the
   soft CE and KL rules, so that minimising either takes bitwise-identical steps."""
   dt = lb.dtype
-  q, log_q, _ = _log_prob(_up(b, dt), m, lb, where)
+  q = _softmax(_up(b, dt), m, lb, where)
   p = _numerics.flush_subnormal_upcast(p, _up(p, dt))
   if where is not None:
     p = _numerics.nan_negative(p, where)
@@ -284,7 +291,7 @@ def _soft_rule_q(p: Array, b: Array, where: Array | None, m: Array, lb: Array):
   # gradient, NaN, with no select on the N x V array and no inf - inf derivative at 0.
   guard = lax.stop_gradient(jnp.sqrt(p) - jnp.sqrt(p))
   total = jnp.sum(p + guard, axis=-1, keepdims=True)
-  return q, log_q, q * total - p
+  return q, q * total - p
 
 
 @jax.custom_jvp
@@ -298,10 +305,12 @@ def _soft_ce_stats_jvp(primals, tangents):
   dp, db, _ = tangents
   out = _soft_ce_stats(p, b, where)
   ce, m, lb = out
-  q, log_q, coef_q = _soft_rule_q(p, b, where, m, lb)
+  q, coef_q = _soft_rule_q(p, b, where, m, lb)
   # dH = <q sum(p) - p, db> - <log q, dp>  (log q taken as 0 where q = 0).
   zero = _zeros(ce)
-  dce = _add(zero, _dot(coef_q, db), None if _is_zero(dp) else -_dot(log_q, dp))
+  dce = _add(zero, _dot(coef_q, db))
+  if not _is_zero(dp):
+    dce = dce - _dot(_log_prob(_up(b, ce.dtype), m, lb, where)[1], dp)
   return out, (dce, zero, _add(zero, _dot(q, db)))
 
 
@@ -316,7 +325,7 @@ def _soft_kl_stats_jvp(primals, tangents):
   dp, db, _ = tangents
   out = _soft_kl_stats(p, b, where)
   kl, m, lb = out
-  q, log_q, coef_q = _soft_rule_q(p, b, where, m, lb)
+  q, coef_q = _soft_rule_q(p, b, where, m, lb)
   # dKL = <q sum(p) - p, db> + <log p + 1 - log q, dp>: the db part is the soft CE rule;
   # log p + 1 is taken as 0 where p = 0 (its true value is -inf), as for the entropy.
   zero = _zeros(kl)
@@ -324,6 +333,7 @@ def _soft_kl_stats_jvp(primals, tangents):
   if not _is_zero(dp):
     p_up = _numerics.nan_negative(_numerics.flush_subnormal_upcast(p, _up(p, kl.dtype)), where)
     log_p, p_zero = _numerics.safe_log(p_up)
+    log_q = _log_prob(_up(b, kl.dtype), m, lb, where)[1]
     coef_p = jnp.where(p_zero, _zeros(log_p), log_p + 1) - log_q
     dkl = _add(dkl, _dot(coef_p, dp))
   return out, (dkl, zero, _add(zero, _dot(q, db)))
@@ -343,7 +353,7 @@ def _labels_stats_jvp(smoothing, primals, tangents):
   zero = _zeros(nll)
   if _is_zero(db):
     return out, (zero, zero, zero)
-  q, _, _ = _log_prob(_up(b, lb.dtype), m, lb, where)
+  q = _softmax(_up(b, lb.dtype), m, lb, where)
   dq_q = _dot(q, db)
   # d(-log q_y) = <q, db> - db_y: picking db_y (not a dense one-hot) transposes to a
   # scatter-add done in place. Smoothing adds eps (<q, db> - mean_included(db)) - eps ...
