@@ -2,8 +2,9 @@ r"""Benchmark jaxdiv's logits kernels against optax and a plain ``jax.nn.log_sof
 
 Every case is timed for the three implementations interleaved in one process (so that
 machine load affects them alike): each jitted function is warmed up, then run ``repeats``
-times in round-robin order (rotated each repeat; each slot calls twice and times the
-second call), and the median wall time (``block_until_ready``) is reported, with the
+times in round-robin order (rotated each repeat; each slot calls once untimed, then
+times as many calls as fill about 2 ms, at least one), and the median wall time per call
+(``block_until_ready``) is reported, with the
 ratios to jaxdiv and the compiled temporary memory
 (``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
 
@@ -12,7 +13,8 @@ target probabilities, model logits) and with integer labels (``ce_labels``), eac
 (``fwd``) and value-and-gradient with respect to the model logits (``vg``), at
 [1024, 32768], [65536, 512] and [8, 10] float32 and [1024, 32768] bfloat16; eager calls
 (outside ``jit``) at [8, 10] and [64, 1000]; ``jax.vmap`` over a leading axis of
-[4, 256, 8192] against the same data as one batched call; the exp
+[4, 256, 8192] against the same data as one batched call (the four functions
+interleaved); the exp
 floor (``jnp.exp`` over both arrays, summed per row) and a jitted identity (the call
 overhead floor for the small shape). The float32 relative error of jaxdiv against a
 float64 evaluation of the same inputs is recorded for every shape.
@@ -51,8 +53,9 @@ import numpy as np
 import jaxdiv
 
 IMPLS = ("jaxdiv", "optax", "jax")
+_SAMPLE_S = 2e-3  # each timing sample runs calls for about this long (at least one call)
 _SMALL = 1 << 16  # elements: below this, a call is dispatch-bound ...
-_SMALL_REPEATS = 1000  # ... and is timed this many times at least
+_SMALL_REPEATS = 31  # ... and its median is taken over this many samples at least
 
 
 # ---------------------------------------------------------------------------
@@ -150,25 +153,35 @@ def _block(x):
 
 
 def _time_interleaved(fns: dict, args, repeats: int, warmup: int = 2) -> dict:
-  """Median milliseconds per function, the functions run in rotating round-robin order.
+  """Median milliseconds per call of each function, run in rotating round-robin order.
 
-  Each slot of the round robin calls its function twice and times the second call: the
-  function then runs on the allocator state it leaves itself, as a training step does,
-  not on whatever its neighbour freed (a neighbour that frees hundreds of MiB made the
-  next call up to 10 % slower or faster depending on their sizes). The order rotates
-  with each repeat.
+  ``args`` is one argument tuple for all functions, or a dict of one per function. Each
+  slot of the round robin calls its function once untimed, then times enough calls to
+  fill about ``_SAMPLE_S`` (one call where a call takes longer): the function then runs
+  on the allocator state it leaves itself, as a training step does, not on whatever its
+  neighbour freed (a neighbour that frees hundreds of MiB made the next call up to 10 %
+  slower or faster depending on their sizes), and a call of a few microseconds is not
+  lost in the timer's and the scheduler's noise. The order rotates with each repeat.
   """
-  for f in fns.values():
+  args_of = args if isinstance(args, dict) else dict.fromkeys(fns, args)
+  calls = {}
+  for k, f in fns.items():
     for _ in range(warmup):
-      _block(f(*args))
+      _block(f(*args_of[k]))
+    t0 = time.perf_counter()
+    _block(f(*args_of[k]))
+    calls[k] = max(1, math.ceil(_SAMPLE_S / max(time.perf_counter() - t0, 1e-7)))
   names = list(fns)
   times = {k: [] for k in fns}
   for r in range(repeats):
     for k in names[r % len(names) :] + names[: r % len(names)]:
-      _block(fns[k](*args))
+      f, a = fns[k], args_of[k]
+      _block(f(*a))
       t0 = time.perf_counter()
-      _block(fns[k](*args))
-      times[k].append(time.perf_counter() - t0)
+      for _ in range(calls[k]):
+        out = f(*a)
+      _block(out)
+      times[k].append((time.perf_counter() - t0) / calls[k])
   return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
@@ -246,16 +259,13 @@ def _vmap_case(loss, mode, shape, repeats, seed):
   """``jax.vmap`` over a leading axis of 4 against the same data as one batched call."""
   args = _inputs(loss, shape, jnp.float32, seed)
   flat = tuple(x.reshape(-1, *x.shape[2:]) for x in args)
-  fns, ms = {}, {}
+  fns, args_of = {}, {}
   for impl in ("jaxdiv", "optax"):
     f = LOSSES[loss](impl)
     wrap = (lambda g: g) if mode == "fwd" else _value_and_grad
-    fns[impl + "_vmap"] = jax.jit(wrap(jax.vmap(f)))
-    fns[impl + "_batched"] = jax.jit(wrap(f))
-  for name, f in fns.items():
-    ms[name] = _time_interleaved({name: f}, flat if name.endswith("batched") else args, repeats)[
-      name
-    ]
+    fns[impl + "_vmap"], args_of[impl + "_vmap"] = jax.jit(wrap(jax.vmap(f))), args
+    fns[impl + "_batched"], args_of[impl + "_batched"] = jax.jit(wrap(f)), flat
+  ms = _time_interleaved(fns, args_of, repeats)
   return {
     "loss": loss,
     "mode": mode,
@@ -342,7 +352,7 @@ def run(
   eager, vmapped = [], []
   for shape in [(8, 10), (16, 64)] if quick else [(8, 10), (64, 1000)]:
     for loss in LOSSES:
-      eager.append(_eager_case(loss, shape, repeats if quick else 200, seed))
+      eager.append(_eager_case(loss, shape, repeats if quick else _SMALL_REPEATS, seed))
       print(_row(eager[-1]), flush=True)
   for loss in LOSSES:
     for mode in ("fwd", "vg"):
