@@ -30,21 +30,32 @@ Run::
   .venv/bin/python scripts/bench.py                 # full CPU table, writes results/bench.json
   .venv/bin/python scripts/bench.py --quick         # tiny shapes: a smoke test of the suite
   .venv/bin/python scripts/bench.py --gpu           # adds [8192, 131072] KL and % of peak bandwidth
+  .venv/bin/python scripts/bench.py --baseline v0.1.0  # also an older revision, interleaved
 
 ``--gpu`` adds KL, CE (soft and labels) and Jensen--Shannon at [8192, 131072] in bfloat16
 and float32, with the achieved bandwidth (bytes that must move: each input read once,
 the gradient written once) as a percentage of ``--peak-tbps`` (4.8 TB/s, an H200).
+``--baseline REV`` adds jaxdiv as of a git revision of this repository to every forward
+and value-and-gradient case, timed in the same round robin (a comparison across two runs
+moves with the machine's load; one within a run does not), with the ratio ``/base``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
 import math
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +64,7 @@ import numpy as np
 import jaxdiv
 
 IMPLS = ("jaxdiv", "optax", "jax")
+_BASELINE = {}  # "module": jaxdiv of another revision (``--baseline``), timed as "baseline"
 _SAMPLE_S = 2e-3  # each timing sample runs calls for about this long (at least one call)
 _SMALL = 1 << 16  # elements: below this, a call is dispatch-bound ...
 _SMALL_REPEATS = 31  # ... and its median is taken over this many samples at least
@@ -63,11 +75,16 @@ _SMALL_REPEATS = 31  # ... and its median is taken over this many samples at lea
 # ---------------------------------------------------------------------------
 
 
+def _lib(impl):
+  """The jaxdiv module that ``impl`` names (this checkout's, or the baseline revision's)."""
+  return _BASELINE["module"] if impl == "baseline" else jaxdiv
+
+
 def _kl(impl):
   import optax
 
-  if impl == "jaxdiv":
-    return lambda p, q: jaxdiv.kl_divergence(p_logits=p, q_logits=q)
+  if impl in ("jaxdiv", "baseline"):
+    return lambda p, q: _lib(impl).kl_divergence(p_logits=p, q_logits=q)
   if impl == "optax":
     return lambda p, q: optax.losses.kl_divergence_with_log_targets(
       jax.nn.log_softmax(q.astype(jnp.float32)), jax.nn.log_softmax(p.astype(jnp.float32))
@@ -84,8 +101,8 @@ def _kl(impl):
 def _ce_soft(impl):
   import optax
 
-  if impl == "jaxdiv":
-    return lambda p, q: jaxdiv.cross_entropy(p, q_logits=q)
+  if impl in ("jaxdiv", "baseline"):
+    return lambda p, q: _lib(impl).cross_entropy(p, q_logits=q)
   if impl == "optax":
     return lambda p, q: optax.softmax_cross_entropy(q.astype(jnp.float32), p.astype(jnp.float32))
   return lambda p, q: -jnp.sum(p * jax.nn.log_softmax(q.astype(jnp.float32)), axis=-1)
@@ -94,8 +111,8 @@ def _ce_soft(impl):
 def _ce_labels(impl):
   import optax
 
-  if impl == "jaxdiv":
-    return lambda y, q: jaxdiv.cross_entropy(labels=y, q_logits=q)
+  if impl in ("jaxdiv", "baseline"):
+    return lambda y, q: _lib(impl).cross_entropy(labels=y, q_logits=q)
   if impl == "optax":
     return lambda y, q: optax.softmax_cross_entropy_with_integer_labels(q.astype(jnp.float32), y)
 
@@ -107,8 +124,8 @@ def _ce_labels(impl):
 
 
 def _jsd(impl):
-  if impl == "jaxdiv":
-    return lambda p, q: jaxdiv.jensen_shannon_divergence(p_logits=p, q_logits=q)
+  if impl in ("jaxdiv", "baseline"):
+    return lambda p, q: _lib(impl).jensen_shannon_divergence(p_logits=p, q_logits=q)
   if impl == "optax":
     return None  # optax has no Jensen-Shannon divergence
 
@@ -124,6 +141,31 @@ def _jsd(impl):
 
 LOSSES = {"kl": _kl, "ce_soft": _ce_soft, "ce_labels": _ce_labels}
 GPU_LOSSES = {**LOSSES, "jsd": _jsd}
+
+
+def _impls():
+  return IMPLS + (("baseline",) if _BASELINE else ())
+
+
+def load_baseline(rev: str):
+  """jaxdiv as of git revision ``rev`` of this repository, imported as ``jaxdiv_baseline``
+  (its sources copied to a temporary folder with the package renamed), so that both
+  versions run interleaved in one process."""
+  root = Path(tempfile.mkdtemp(prefix="jaxdiv-baseline-"))
+  repo = Path(__file__).resolve().parents[1]
+  archive = subprocess.run(
+    ["git", "archive", "--format=tar", rev, "jaxdiv"], cwd=repo, capture_output=True, check=True
+  ).stdout
+  with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    tar.extractall(root, filter="data")
+  pkg = root / "jaxdiv_baseline"
+  (root / "jaxdiv").rename(pkg)
+  for f in pkg.rglob("*.py"):
+    f.write_text(re.sub(r"\bjaxdiv\b", "jaxdiv_baseline", f.read_text()))
+  sys.path.insert(0, str(root))
+  _BASELINE["module"] = importlib.import_module("jaxdiv_baseline")
+  _BASELINE["rev"] = rev
+  return _BASELINE["module"]
 
 
 def _value_and_grad(f):
@@ -225,7 +267,7 @@ def _shapes(quick: bool):
 def _bench_case(loss, mode, shape, dtype, repeats, seed):
   args = _inputs(loss, shape, jnp.dtype(dtype), seed)
   fns, temp = {}, {}
-  for impl in IMPLS:
+  for impl in _impls():
     f = GPU_LOSSES[loss](impl)
     if f is None:
       continue
@@ -245,6 +287,7 @@ def _case(loss, mode, shape, dtype, ms, temp):
     "temp_bytes": temp,
     "speedup_vs_optax": ms["optax"] / ms["jaxdiv"] if "optax" in ms else None,
     "speedup_vs_jax": ms["jax"] / ms["jaxdiv"],
+    "speedup_vs_baseline": ms["baseline"] / ms["jaxdiv"] if "baseline" in ms else None,
   }
 
 
@@ -363,6 +406,7 @@ def run(
   out = {
     "eager": eager,
     "vmap": vmapped,
+    "baseline": _BASELINE.get("rev"),
     "backend": jax.default_backend(),
     "device": str(jax.devices()[0].device_kind),
     "jax": jax.__version__,
@@ -387,12 +431,15 @@ def _row(c):
   ms, t = c["ms"], c["temp_bytes"]
   shape = "x".join(map(str, c["shape"]))
   vs_optax = "-" if c["speedup_vs_optax"] is None else f"{c['speedup_vs_optax']:.2f}"
-  return (
+  row = (
     f"{c['loss']:<10}{c['mode']:<6}{shape:>12} {c['dtype']:<9}"
     + "".join(f"{ms[k]:>9.3f}" if k in ms else f"{'-':>9}" for k in IMPLS)
     + f"{vs_optax:>8}x{c['speedup_vs_jax']:>7.2f}x"
     + "".join(f"{_mib(t.get(k)):>9}" for k in IMPLS)
   )
+  if c.get("speedup_vs_baseline") is not None:
+    row += f"{ms['baseline']:>10.3f}{c['speedup_vs_baseline']:>7.2f}x"
+  return row
 
 
 def _vmap_row(v):
@@ -412,7 +459,11 @@ def table(results: dict) -> str:
     + f"{'/optax':>9}{'/jax':>8}"
     + "".join(f"{k[:4] + ' MiB':>9}" for k in IMPLS)
   )
+  if results.get("baseline"):
+    head += f"{'base ms':>10}{'/base':>8}"
   lines = [head, "-" * len(head)] + [_row(c) for c in results["cases"]]
+  if results.get("baseline"):
+    lines.append(f"(base: jaxdiv at revision {results['baseline']}, interleaved in the same run)")
   lines += ["", "eager calls (outside jit, after a warm-up call):"]
   lines += [_row(c) for c in results["eager"]]
   lines += ["", "vmap over a leading axis against the same data batched:"]
@@ -449,7 +500,15 @@ def main(argv=None) -> dict:
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per function")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=os.path.join("results", "bench.json"))
+  parser.add_argument(
+    "--baseline",
+    metavar="REV",
+    default=None,
+    help="also time jaxdiv at this git revision (e.g. a release tag), interleaved",
+  )
   args = parser.parse_args(argv)
+  if args.baseline:
+    load_baseline(args.baseline)
   results = run(args.quick, args.gpu, args.repeats, args.seed, args.peak_tbps)
   print(table(results))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -101,3 +101,23 @@ def test_vmap_rows_compare_vmap_with_the_batched_call(bench_results):
     assert set(v["ms"]) == {"jaxdiv_vmap", "jaxdiv_batched", "optax_vmap", "optax_batched"}
     ratio = v["ms"]["jaxdiv_vmap"] / v["ms"]["jaxdiv_batched"]
     assert v["jaxdiv_vmap_over_batched"] == pytest.approx(ratio)
+
+
+def test_a_baseline_revision_is_timed_in_the_same_round_robin():
+  # A second copy of the script, so the baseline stays out of the fixture's module.
+  spec = importlib.util.spec_from_file_location("bench_with_baseline", _BENCH)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  base = bench.load_baseline("HEAD")
+  assert base.__name__ == "jaxdiv_baseline"
+  assert pathlib.Path(base.__file__).parent.name == "jaxdiv_baseline"
+  assert base is not bench.jaxdiv and "jaxdiv-baseline-" in base.__file__
+  case = bench._bench_case("kl", "vg", (16, 256), "float32", 1, 0)
+  assert set(case["ms"]) == {"jaxdiv", "optax", "jax", "baseline"}
+  assert case["speedup_vs_baseline"] == pytest.approx(case["ms"]["baseline"] / case["ms"]["jaxdiv"])
+  assert bench._row(case).endswith(f"{case['speedup_vs_baseline']:.2f}x")
+  # The committed revision computes what the checkout's package does on the same inputs.
+  p, q = bench._inputs("kl", (4, 64), bench.jnp.float32, 0)
+  got = bench.jaxdiv.kl_divergence(p_logits=p, q_logits=q)
+  ref = base.kl_divergence(p_logits=p, q_logits=q)
+  assert bench.np.allclose(got, ref, rtol=1e-6, atol=1e-7)
