@@ -233,27 +233,34 @@ def _zeros(x: Array) -> Array:
   return jnp.zeros_like(x)
 
 
+def _pair_jvp(stats, coef_a, primals, tangents):
+  """The rule of a two-logit kernel: ``dloss = <q - p, db> + <coef_a, da>`` (``coef_a``
+  taken as 0 where ``p = 0``), ``dl_a = <p, da>`` and ``dl_b = <q, db>``."""
+  a, b, where = primals
+  da, db, _ = tangents
+  out = stats(a, b, where)
+  loss, ma, la, mb, lb = out
+  dt = loss.dtype
+  p, log_p, p_zero = _log_prob(_up(a, dt), ma, la, where)
+  q, log_q, _ = _log_prob(_up(b, dt), mb, lb, where)
+  zero = _zeros(loss)
+  dloss = _add(zero, _dot(q - p, db))
+  if not _is_zero(da):
+    coef = jnp.where(p_zero, _zeros(p), coef_a(p, log_p, log_q, loss[..., None]))
+    dloss = _add(dloss, _dot(coef, da))
+  return out, (dloss, zero, _add(zero, _dot(p, da)), zero, _add(zero, _dot(q, db)))
+
+
 @jax.custom_jvp
 def _kl_stats(a: Array, b: Array, where: Array | None):
   return _per_platform("kl_rows")(a, b, where)
 
 
-@functools.partial(_kl_stats.defjvp, symbolic_zeros=True)
-def _kl_stats_jvp(primals, tangents):
-  a, b, where = primals
-  da, db, _ = tangents
-  out = _kl_stats(a, b, where)
-  kl, ma, la, mb, lb = out
-  dt = kl.dtype
-  p, log_p, p_zero = _log_prob(_up(a, dt), ma, la, where)
-  q, log_q, _ = _log_prob(_up(b, dt), mb, lb, where)
-  # dKL = <q - p, db> + <p (log p - log q - KL), da>;  dl_a = <p, da>, dl_b = <q, db>.
-  zero = _zeros(kl)
-  dkl = _add(zero, _dot(q - p, db))
-  if not _is_zero(da):
-    coef = jnp.where(p_zero, _zeros(p), p * (log_p - log_q - kl[..., None]))
-    dkl = _add(dkl, _dot(coef, da))
-  return out, (dkl, zero, _add(zero, _dot(p, da)), zero, _add(zero, _dot(q, db)))
+# dKL = <q - p, db> + <p (log p - log q - KL), da>.
+_kl_stats.defjvp(
+  functools.partial(_pair_jvp, _kl_stats, lambda p, lp, lq, kl: p * (lp - lq - kl)),
+  symbolic_zeros=True,
+)
 
 
 @jax.custom_jvp
@@ -261,22 +268,11 @@ def _ce_stats(a: Array, b: Array, where: Array | None):
   return _per_platform("ce_rows")(a, b, where)
 
 
-@functools.partial(_ce_stats.defjvp, symbolic_zeros=True)
-def _ce_stats_jvp(primals, tangents):
-  a, b, where = primals
-  da, db, _ = tangents
-  out = _ce_stats(a, b, where)
-  ce, ma, la, mb, lb = out
-  dt = ce.dtype
-  p, _, p_zero = _log_prob(_up(a, dt), ma, la, where)
-  q, log_q, _ = _log_prob(_up(b, dt), mb, lb, where)
-  # dH = <q - p, db> - <p (log q + H), da>.
-  zero = _zeros(ce)
-  dce = _add(zero, _dot(q - p, db))
-  if not _is_zero(da):
-    coef = jnp.where(p_zero, _zeros(p), -p * (log_q + ce[..., None]))
-    dce = _add(dce, _dot(coef, da))
-  return out, (dce, zero, _add(zero, _dot(p, da)), zero, _add(zero, _dot(q, db)))
+# dH = <q - p, db> - <p (log q + H), da>.
+_ce_stats.defjvp(
+  functools.partial(_pair_jvp, _ce_stats, lambda p, lp, lq, ce: -p * (lq + ce)),
+  symbolic_zeros=True,
+)
 
 
 def _soft_rule_q(p: Array, b: Array, where: Array | None, m: Array, lb: Array):
