@@ -30,7 +30,7 @@ Run::
   .venv/bin/python scripts/bench.py                 # full CPU table, writes results/bench.json
   .venv/bin/python scripts/bench.py --quick         # tiny shapes: a smoke test of the suite
   .venv/bin/python scripts/bench.py --gpu           # adds [8192, 131072] KL and % of peak bandwidth
-  .venv/bin/python scripts/bench.py --baseline v0.1.0  # also an older revision, interleaved
+  .venv/bin/python scripts/bench.py --baseline 056c036  # also an older revision, interleaved
 
 ``--gpu`` adds KL, CE (soft and labels) and Jensen--Shannon at [8192, 131072] in bfloat16
 and float32, with the achieved bandwidth (bytes that must move: each input read once,
@@ -157,7 +157,8 @@ def load_baseline(rev: str):
     ["git", "archive", "--format=tar", rev, "jaxdiv"], cwd=repo, capture_output=True, check=True
   ).stdout
   with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-    tar.extractall(root, filter="data")
+    # the "data" filter where this Python has it (3.10.12+, 3.11.4+): plain files only
+    tar.extractall(root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
   pkg = root / "jaxdiv_baseline"
   (root / "jaxdiv").rename(pkg)
   for f in pkg.rglob("*.py"):
