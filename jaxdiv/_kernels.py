@@ -275,19 +275,36 @@ _ce_stats.defjvp(
 )
 
 
-def _soft_rule_q(p: Array, b: Array, where: Array | None, m: Array, lb: Array):
-  """``(q, q sum(p) - p)``: the softmax and the ``db`` coefficient shared by the
-  soft CE and KL rules, so that minimising either takes bitwise-identical steps."""
+def _soft_jvp(stats, coef_p, primals, tangents):
+  """The rule of a soft-target kernel: ``dloss = <q sum(p) - p, db> + <coef_p, dp>``,
+  ``dl = <q, db>``. The ``db`` part is shared by the soft CE and KL, so that minimising
+  either takes bitwise-identical steps; ``coef_p(p, log_q)`` is the loss's own."""
+  p, b, where = primals
+  dp, db, _ = tangents
+  out = stats(p, b, where)
+  loss, m, lb = out
   dt = lb.dtype
   q = _softmax(_up(b, dt), m, lb, where)
-  p = _numerics.flush_subnormal_upcast(p, _up(p, dt))
+  p_up = _numerics.flush_subnormal_upcast(p, _up(p, dt))
   if where is not None:
-    p = _numerics.nan_negative(p, where)
+    p_up = _numerics.nan_negative(p_up, where)
   # sqrt(p) - sqrt(p), held constant: a negative entry makes sum(p), so the row's
   # gradient, NaN, with no select on the N x V array and no inf - inf derivative at 0.
-  guard = lax.stop_gradient(jnp.sqrt(p) - jnp.sqrt(p))
-  total = jnp.sum(p + guard, axis=-1, keepdims=True)
-  return q, q * total - p
+  guard = lax.stop_gradient(jnp.sqrt(p_up) - jnp.sqrt(p_up))
+  total = jnp.sum(p_up + guard, axis=-1, keepdims=True)
+  zero = _zeros(loss)
+  dloss = _add(zero, _dot(q * total - p_up, db))
+  if not _is_zero(dp):
+    log_q = _log_prob(_up(b, dt), m, lb, where)[1]  # 0 where q = 0
+    dloss = _add(dloss, _dot(coef_p(p_up, log_q), dp))
+  return out, (dloss, zero, _add(zero, _dot(q, db)))
+
+
+def _soft_kl_coef_p(p: Array, log_q: Array) -> Array:
+  """``log p + 1 - log q``, with ``log p + 1`` taken as 0 where ``p = 0`` (its true value
+  is ``-inf``), as for the entropy."""
+  log_p, p_zero = _numerics.safe_log(p)
+  return jnp.where(p_zero, _zeros(log_p), log_p + 1) - log_q
 
 
 @jax.custom_jvp
@@ -295,19 +312,10 @@ def _soft_ce_stats(p: Array, b: Array, where: Array | None):
   return _per_platform("soft_ce_rows")(p, b, where)
 
 
-@functools.partial(_soft_ce_stats.defjvp, symbolic_zeros=True)
-def _soft_ce_stats_jvp(primals, tangents):
-  p, b, where = primals
-  dp, db, _ = tangents
-  out = _soft_ce_stats(p, b, where)
-  ce, m, lb = out
-  q, coef_q = _soft_rule_q(p, b, where, m, lb)
-  # dH = <q sum(p) - p, db> - <log q, dp>  (log q taken as 0 where q = 0).
-  zero = _zeros(ce)
-  dce = _add(zero, _dot(coef_q, db))
-  if not _is_zero(dp):
-    dce = dce - _dot(_log_prob(_up(b, ce.dtype), m, lb, where)[1], dp)
-  return out, (dce, zero, _add(zero, _dot(q, db)))
+# dH = <q sum(p) - p, db> - <log q, dp>.
+_soft_ce_stats.defjvp(
+  functools.partial(_soft_jvp, _soft_ce_stats, lambda p, log_q: -log_q), symbolic_zeros=True
+)
 
 
 @jax.custom_jvp
@@ -315,24 +323,10 @@ def _soft_kl_stats(p: Array, b: Array, where: Array | None):
   return _per_platform("soft_kl_rows")(p, b, where)
 
 
-@functools.partial(_soft_kl_stats.defjvp, symbolic_zeros=True)
-def _soft_kl_stats_jvp(primals, tangents):
-  p, b, where = primals
-  dp, db, _ = tangents
-  out = _soft_kl_stats(p, b, where)
-  kl, m, lb = out
-  q, coef_q = _soft_rule_q(p, b, where, m, lb)
-  # dKL = <q sum(p) - p, db> + <log p + 1 - log q, dp>: the db part is the soft CE rule;
-  # log p + 1 is taken as 0 where p = 0 (its true value is -inf), as for the entropy.
-  zero = _zeros(kl)
-  dkl = _add(zero, _dot(coef_q, db))
-  if not _is_zero(dp):
-    p_up = _numerics.nan_negative(_numerics.flush_subnormal_upcast(p, _up(p, kl.dtype)), where)
-    log_p, p_zero = _numerics.safe_log(p_up)
-    log_q = _log_prob(_up(b, kl.dtype), m, lb, where)[1]
-    coef_p = jnp.where(p_zero, _zeros(log_p), log_p + 1) - log_q
-    dkl = _add(dkl, _dot(coef_p, dp))
-  return out, (dkl, zero, _add(zero, _dot(q, db)))
+# dKL = <q sum(p) - p, db> + <log p + 1 - log q, dp>.
+_soft_kl_stats.defjvp(
+  functools.partial(_soft_jvp, _soft_kl_stats, _soft_kl_coef_p), symbolic_zeros=True
+)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
