@@ -129,12 +129,7 @@ def _seal(x):
   return jnp.where(x == x, x, jnp.full_like(x, jnp.nan))
 
 
-def _up(x, dtype):
-  return x if x.dtype == dtype else x.astype(dtype)
-
-
-def _dtype(*xs):
-  return _kernels._dtype(*xs)
+_up, _dtype = _kernels._up, _kernels._dtype  # the kernels' upcast and compute dtype
 
 
 def _sample_max(x):

@@ -645,7 +645,7 @@ def _linear_sharded(
 
 
 _MESH_ROLES = dict(mesh="unchecked", axis_name="unchecked", data_axis_name="unchecked")
-_HEAD_ROLES = dict(temperature="unchecked", soft_cap="unchecked")
+_HEAD_ROLES = _fused._HEAD_ROLES  # temperature and soft_cap, as the one-device losses
 
 
 @_checks.roles(
