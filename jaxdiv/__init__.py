@@ -48,3 +48,7 @@ from jaxdiv._sharded import (
   sharded_linear_jensen_shannon_divergence as sharded_linear_jensen_shannon_divergence,
 )
 from jaxdiv._sharded import sharded_linear_kl_divergence as sharded_linear_kl_divergence
+from jaxdiv._sharded import sharded_linear_skew_kl_divergence as sharded_linear_skew_kl_divergence
+from jaxdiv._sharded import (
+  sharded_linear_total_variation_distance as sharded_linear_total_variation_distance,
+)

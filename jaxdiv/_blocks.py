@@ -1,41 +1,39 @@
-r"""Blocks of a linear head's logits and the per-row statistics fused losses are built from.
+r"""Blocks of logits and the mergeable per-row statistics the fused losses are built from.
 
-The fused losses (:mod:`jaxdiv._fused`) never form the ``[N, V]`` logits ``hidden @ weight``:
-they walk the tokens and the vocabulary in blocks (:func:`loop`), form one block of logits
-at a time (:func:`logits`), and fold it into per-row statistics. Everything here works on
-one block and knows nothing about which loss is being computed.
+The fused losses never form ``[N, V]`` logits ``hidden @ weight``: the drivers
+(:mod:`jaxdiv._drivers`) walk the tokens and the vocabulary in blocks (:func:`loop`),
+form one block of raw logits per distribution (:func:`raw_block`), and hand it to the loss
+definitions of :mod:`jaxdiv._fused_losses`. Everything here works on one block and knows
+nothing about which loss is computed.
 
 Per-row statistics and how they combine
 ---------------------------------------
-Every statistic is a small tuple per row that can be merged *associatively*, so the same
-rules combine the blocks of one device's vocabulary loop and the vocabulary shards of
-several devices (``lax.pmax`` / ``lax.psum`` over a mesh axis):
+A loss's per-row statistics are written so that one function, ``reduce(stats, ops)``,
+merges them both across the blocks of one device's vocabulary loop and across the
+vocabulary shards of a mesh. ``ops`` is an :class:`Ops`: an elementwise maximum and a sum,
+either over a leading axis that stacks two blocks' statistics (:data:`BLOCKS`) or over a
+named mesh axis (:func:`collective`: one ``pmax`` and one ``psum`` of all the statistics of
+a pass). A reduction first takes the maxima, then re-expresses every sum relative to them
+and adds; so the rules are written once and hold for blocks and shards alike:
 
-* :class:`Lse`, the log-normaliser of a row as ``(m, t)``: the running maximum ``m`` and
-  the *excess* ``t = sum_v exp(z_v - m) - 1`` (the sum without one arg-max term, so
-  ``log sum exp z = m + log1p(t)``). Keeping ``m`` apart from ``log1p(t)`` is what makes a
-  loss exact at any logit offset: log-probabilities are ``(z - m) - log1p(t)``, formed from
-  shifted quantities, never ``z - lse`` after the shift was added back; and ``log1p(t)``
-  keeps the digits of ``-log p`` of a confident row (``p = 0.99999``), which ``log(s)``
-  with ``s`` rounded near 1 loses. Merging: :func:`lse_merge` (two blocks),
-  :func:`lse_all_reduce` (shards: one ``pmax`` and one ``psum``; see its docstring).
-* A label's logit: each block (or shard) contributes ``-inf`` unless it holds the label,
-  so blocks merge by ``max`` (:func:`label_logit`) and shards by ``pmax``.
-* Shifted sums ``sum_v exp(z_v - m) f_v`` over a running maximum (the KL accumulator):
-  when the maximum moves from ``m`` to ``m'`` the sum is multiplied by ``exp(m - m')``
-  (:func:`rescale`); across shards, rescale each shard's sum to the global ``m`` and
-  ``psum``.
-* Sums of terms formed from *final* log-probabilities (Jensen--Shannon's mixture, total
-  variation, the skew KL): a second pass once the row's :class:`Lse` is known (globally,
-  after :func:`lse_all_reduce`), then a plain ``psum``.
-
-The derivative rules of the fused losses depend only on these statistics and on the
-recomputed block of logits, not on how the statistics were computed, so a
-vocabulary-parallel version can reuse them per shard.
+* :class:`Lse`, the log-normaliser of a row as ``(m, t)``: the maximum ``m`` and the
+  *excess* ``t = sum_v exp(z_v - m) - 1`` (the sum without one arg-max term, so
+  ``log sum exp z = m + log1p(t)``). Keeping ``m`` apart from ``log1p(t)`` makes a loss exact
+  at any logit offset: log-probabilities are ``(z - m) - log1p(t)``, formed from shifted
+  quantities; and ``log1p(t)`` keeps the digits of ``-log p`` of a confident row
+  (``p = 0.99999``), which ``log(s)`` with ``s`` rounded near 1 loses. Ties at the maximum
+  are counted exactly (:func:`lse_parts`, :func:`lse_total`).
+* A listed category's logit (a label, a stored teacher's top-k): each block or shard
+  contributes ``-inf`` unless it holds the category, so they merge by ``max``.
+* Sums ``sum_v exp(z_v - m) f_v`` relative to a running maximum: when the maximum moves
+  from ``m`` to ``m'`` the sum is multiplied by ``exp(m - m')`` (:func:`rescale`).
+* Sums of terms formed from *final* log-probabilities (a mixture, total variation): a
+  second pass once the row's :class:`Lse` is known, merged by a plain sum.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -82,17 +80,47 @@ def loop(total: int, size: int, body, carry):
   return lax.fori_loop(0, num_blocks, step, carry)
 
 
+def rows_of(x: Array | None, rows: Range) -> Array | None:
+  """The rows ``rows`` of a per-row array (``[N, ...]``)."""
+  return None if x is None else lax.dynamic_slice_in_dim(x, rows.start, rows.size, 0)
+
+
+def put_rows(buffer: Array, x: Array, rows: Range) -> Array:
+  """``buffer`` with the rows ``rows`` set to ``x``; a shifted block keeps the rows before it."""
+  if rows.valid is not None:
+    old = rows_of(buffer, rows)
+    valid = rows.valid.reshape((-1,) + (1,) * (x.ndim - 1))
+    x = jnp.where(valid, x, old)
+  return lax.dynamic_update_slice_in_dim(buffer, x.astype(buffer.dtype), rows.start, 0)
+
+
 # ---------------------------------------------------------------------------
 # One block of logits
 # ---------------------------------------------------------------------------
 
 
 class Side(NamedTuple):
-  """One distribution: ``hidden @ weight`` (``hidden`` in the compute dtype) or logits."""
+  """One dense distribution over the vocabulary: ``hidden @ weight``, logits or probabilities.
 
-  hidden: Array | None  # [N, D]
-  weight: Array | None  # [D, V]
-  logits: Array | None  # [N, V]
+  ``kind`` is ``"head"`` (``hidden [N, D]`` in the compute dtype, ``weight [D, V]``),
+  ``"logits"`` or ``"probs"`` (``values [N, V]``).
+  """
+
+  kind: str
+  hidden: Array | None
+  weight: Array | None
+  values: Array | None
+  hidden_t: Array | None = None  # [D, N] contiguous, for the weight's gradient (see drivers)
+
+
+def raw_block(side: Side, rows: Range, cols: Range, dtype) -> Array:
+  """The block ``rows x cols`` of ``side``'s raw logits (or probabilities), in ``dtype``."""
+  if side.kind != "head":
+    v = lax.dynamic_slice(side.values, (rows.start, cols.start), (rows.size, cols.size))
+    return v.astype(dtype)
+  h = rows_of(side.hidden, rows)
+  w = lax.dynamic_slice_in_dim(side.weight, cols.start, cols.size, 1).astype(dtype)
+  return jnp.dot(h, w, preferred_element_type=dtype)
 
 
 class Head(NamedTuple):
@@ -102,56 +130,116 @@ class Head(NamedTuple):
   temperature: Array | None  # scalar, or None for T = 1
 
 
-class Block(NamedTuple):
-  """Logits of a block of rows and categories."""
-
-  z: Array  # [n, c] transformed logits, -inf where excluded or already covered
-  raw: Array  # [n, c] logits before the head's transform (for its derivative)
-  keep: Array | None  # [c] bool, or None when every category of the block counts
-
-
-def logits(side: Side, head: Head, rows: Range, cols: Range, where, dtype) -> Block:
-  """The block ``rows x cols`` of ``side``'s logits, transformed by ``head``."""
-  if side.logits is not None:
-    raw = lax.dynamic_slice(side.logits, (rows.start, cols.start), (rows.size, cols.size))
-    raw = raw.astype(dtype)
-  else:
-    h = lax.dynamic_slice_in_dim(side.hidden, rows.start, rows.size, 0)
-    w = lax.dynamic_slice_in_dim(side.weight, cols.start, cols.size, 1).astype(dtype)
-    raw = jnp.dot(h, w, preferred_element_type=dtype)
+def transform(head: Head, raw: Array) -> Array:
   z = raw
   if head.soft_cap is not None:
     z = head.soft_cap * jnp.tanh(z / head.soft_cap)
   if head.temperature is not None:
     z = z / head.temperature
-  keep = cols.valid
-  if where is not None:
-    m = lax.dynamic_slice_in_dim(where, cols.start, cols.size)
-    keep = m if keep is None else keep & m
-  if keep is not None:
-    z = jnp.where(keep, z, -jnp.inf)
-  return Block(z, raw, keep)
+  return z
 
 
-def head_derivative(head: Head, block: Block, dz: Array) -> Array:
+def head_derivative(head: Head, raw: Array, dz: Array) -> Array:
   """``dz`` (a cotangent of the transformed logits) as a cotangent of the raw logits."""
   if head.temperature is not None:
     dz = dz / head.temperature
   if head.soft_cap is not None:
-    th = jnp.tanh(block.raw / head.soft_cap)
+    th = jnp.tanh(raw / head.soft_cap)
     dz = dz * (1 - th * th)
-  if block.keep is not None:  # a NaN raw logit outside the block's categories adds nothing
-    dz = jnp.where(block.keep, dz, jnp.zeros_like(dz))
   return dz
 
 
-# ---------------------------------------------------------------------------
-# Per-row statistics
-# ---------------------------------------------------------------------------
+def exclude(z: Array, keep: Array | None) -> Array:
+  """Logits with ``-inf`` where ``keep`` is False (``keep`` broadcasts against ``z``)."""
+  return z if keep is None else jnp.where(keep, z, jnp.full_like(z, -jnp.inf))
+
+
+def zero_unless(keep, x: Array) -> Array:
+  return x if keep is None else jnp.where(keep, x, jnp.zeros_like(x))
 
 
 def finite_or_zero(x: Array) -> Array:
   return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+# ---------------------------------------------------------------------------
+# Merging: one rule for blocks and shards
+# ---------------------------------------------------------------------------
+
+
+class Ops(NamedTuple):
+  """The two reductions a merge is written in: each maps a tuple of arrays to a tuple."""
+
+  max: Callable
+  sum: Callable
+
+
+def _over_parts(fn):
+  return lambda xs: tuple(fn(x, axis=0) for x in xs)
+
+
+# Two blocks' statistics stacked on a leading axis (see :func:`merge`).
+BLOCKS = Ops(_over_parts(jnp.max), _over_parts(jnp.sum))
+
+
+def _flat_collective(fn, axis_name):
+  def apply(xs):
+    xs = tuple(xs)
+    flat = jnp.concatenate([x.reshape(-1) for x in xs])
+    out, start = fn(flat, axis_name), 0
+    parts = []
+    for x in xs:
+      parts.append(out[start : start + x.size].reshape(x.shape))
+      start += x.size
+    return tuple(parts)
+
+  return apply
+
+
+def collective(axis_name) -> Ops:
+  """The shards of a named mesh axis: each reduction is one ``pmax`` or ``psum``."""
+  return Ops(_flat_collective(lax.pmax, axis_name), _flat_collective(lax.psum, axis_name))
+
+
+def merge(reduce, a, b):
+  """Two blocks' statistics merged by a loss's ``reduce(stats, ops)``."""
+  return reduce(jax.tree.map(lambda x, y: jnp.stack([x, y]), a, b), BLOCKS)
+
+
+# ---------------------------------------------------------------------------
+# Passes over a block
+#
+# XLA's CPU backend runs each reduction over a block as one vectorised loop only while its
+# elementwise producer is arithmetic and shares no computed intermediate with another
+# reduction: a compare or select makes the loop scalar, and a shared ``z - m`` is written
+# out in full (measured 4-9x slower on a [256, 32768] block; docs' performance page). So
+# every pass over a block below is arithmetic, with its own copy of the per-row
+# statistics it reads (:func:`fresh`), and a zero probability is a log-probability
+# clamped to a finite ``-BIG`` (:func:`clamp`) whose exponential is exactly 0, so that
+# ``0 * log 0`` is ``0 * finite`` instead of NaN. Where a value must become ``+inf``
+# (``p > 0 = q``), a separate reduction says so.
+# ---------------------------------------------------------------------------
+
+
+def fresh(*xs):
+  """New copies of per-row statistics for one pass over a block (see above)."""
+  out = lax.optimization_barrier(tuple(xs))
+  return out if len(xs) > 1 else out[0]
+
+
+def big(dtype) -> float:
+  """A finite magnitude whose exponential's reciprocal is 0: ``exp(-big) == 0``."""
+  return float(jnp.finfo(dtype).max) / 8
+
+
+def clamp(x: Array) -> Array:
+  """Log-probabilities with ``-inf`` (a zero probability) as ``-big``; NaN stays NaN."""
+  return jnp.maximum(x, -big(x.dtype))
+
+
+# ---------------------------------------------------------------------------
+# Log-normalisers
+# ---------------------------------------------------------------------------
 
 
 class Lse(NamedTuple):
@@ -169,40 +257,39 @@ def lse_empty(n: int, dtype) -> Lse:
 
 
 def lse_block(z: Array) -> Lse:
-  """The :class:`Lse` of a block ``z [n, c]``: one arg-max term is left out of the sum.
+  r"""The :class:`Lse` of a block ``z [n, c]``: the sum leaves the arg-max terms out.
 
-  Every element equal to the maximum contributes ``exp(0) = 1``; those are counted exactly
-  (an integer) instead of summed, so that ``t`` carries no rounding of 1.
+  Three arithmetic passes: the maximum ``m``; ``a = sum_v (e^{d_v} - 1[d_v = 0])`` with
+  ``d = z - m``, which keeps the arg-max terms' 1s out of the accumulators, so that a
+  confident row keeps its digits; and the number of terms at the maximum,
+  ``sum_v 1[d_v = 0]``, exactly (an integer). The indicator is ``max(0, 1 + K d)`` for the
+  largest finite ``K``: exact for every gap a float can hold but subnormal ones. Then
+  ``t = a + (count - 1)``; an empty row (all ``-inf``) gives ``t = -1``.
   """
   m = jnp.max(z, axis=-1)
-  mf = finite_or_zero(m)
-  at_max = z == m[:, None]
-  e = jnp.where(at_max, jnp.zeros_like(z), jnp.exp(z - mf[:, None]))
-  t = jnp.sum(e, axis=-1) + (jnp.sum(at_max, axis=-1).astype(z.dtype) - 1)
-  return Lse(m, jnp.where(m == -jnp.inf, -jnp.ones_like(t), t))
+  k = float(jnp.finfo(z.dtype).max)
+
+  def at_max(m):  # a step: no derivative
+    return lax.stop_gradient(jnp.maximum(0.0, 1.0 + k * (z - m[:, None])))
+
+  m1 = fresh(finite_or_zero(m))
+  a = jnp.sum(jnp.exp(z - m1[:, None]) - at_max(m1), axis=-1)
+  count = jnp.sum(at_max(fresh(finite_or_zero(m))), axis=-1)
+  t = a + (count - 1)
+  return Lse(m, jnp.where(m == jnp.inf, jnp.full_like(t, jnp.nan), t))
 
 
-def lse_merge(a: Lse, b: Lse) -> Lse:
-  """The :class:`Lse` of the union of two disjoint sets of categories (associative)."""
-  m = jnp.maximum(a.m, b.m)
-  mf = finite_or_zero(m)
-  ea, eb = jnp.exp(a.m - mf), jnp.exp(b.m - mf)  # 0 for an empty side
-  t = jnp.where(a.m >= b.m, a.t + (1 + b.t) * eb, b.t + (1 + a.t) * ea)
-  return Lse(m, jnp.where(m == -jnp.inf, -jnp.ones_like(t), t))
+def lse_parts(s: Lse, m: Array) -> tuple[Array, Array]:
+  """A part's share of the merged excess relative to the merged maximum ``m``, and whether
+  it holds that maximum (its own arg-max term is then counted, not summed)."""
+  top = s.m == m
+  part = jnp.where(top, s.t, (1 + s.t) * jnp.exp(s.m - finite_or_zero(m)))
+  return part, top.astype(s.t.dtype)
 
 
-def lse_all_reduce(a: Lse, axis_name) -> Lse:
-  """:func:`lse_merge` over the shards of a mapped axis (``shard_map``, ``pmap``, ``vmap``).
-
-  With the global maximum ``M = pmax(m_i)``, the shards at the maximum contribute their
-  excess ``t_i`` plus one (their own arg-max term), the others ``(1 + t_i) e^{m_i - M}``:
-  ``t = psum(top ? t_i : (1 + t_i) e^{m_i - M}) + psum(top) - 1``, exact for ties.
-  """
-  m = lax.pmax(a.m, axis_name)
-  top = a.m == m
-  part = jnp.where(top, a.t, (1 + a.t) * jnp.exp(a.m - finite_or_zero(m)))
-  t, n_top = lax.psum((part, top.astype(a.t.dtype)), axis_name)
-  t = t + n_top - 1
+def lse_total(m: Array, part_sum: Array, top_sum: Array) -> Lse:
+  """The merged :class:`Lse` from the summed :func:`lse_parts`: ties counted exactly."""
+  t = part_sum + top_sum - 1
   return Lse(m, jnp.where(m == -jnp.inf, -jnp.ones_like(t), t))
 
 
@@ -211,44 +298,76 @@ def log_norm(s: Lse) -> Array:
   return jnp.log1p(s.t)
 
 
+def _shift(s: Lse):
+  """``(m, log1p t)`` for one pass, finite (an empty row's are 0: its logits stay -inf)."""
+  return fresh(finite_or_zero(s.m), finite_or_zero(log_norm(s)))
+
+
 def log_probs(z: Array, s: Lse) -> Array:
-  """``log softmax(z)`` of a block from the row's :class:`Lse`: ``(z - m) - log1p(t)``."""
-  lp = (z - finite_or_zero(s.m)[:, None]) - finite_or_zero(log_norm(s))[:, None]
-  return jnp.where(z == -jnp.inf, jnp.full_like(lp, -jnp.inf), lp)
+  """``log softmax(z)`` of a block from the row's :class:`Lse`, clamped (:func:`clamp`):
+  ``(z - m) - log1p(t)``, formed from shifted quantities."""
+  m, ln = _shift(s)
+  return clamp((z - m[:, None]) - ln[:, None])
 
 
-def rescale(s_old: Lse, s_new: Lse) -> Array:
+def softmax(z: Array, s: Lse) -> Array:
+  """``softmax(z)`` of a block from the row's :class:`Lse` (0 at ``-inf``): ``exp((z - m) -
+  log1p t)``, not ``z - (m + log1p t)``, which would round at the logits' offset."""
+  m, ln = _shift(s)
+  return jnp.exp((z - m[:, None]) - ln[:, None])
+
+
+def rescale(m_old: Array, m_new: Array) -> Array:
   """``exp(m_old - m_new)``: the factor of a sum ``sum e^{z - m_old} f`` when ``m`` moves."""
-  return jnp.exp(s_old.m - finite_or_zero(s_new.m))
-
-
-def label_logit(block: Block, cols: Range, labels: Array) -> Array:
-  """``z[label]`` where the label falls in ``cols``, else ``-inf``; blocks merge by max."""
-  idx = labels - cols.start
-  inside = (idx >= 0) & (idx < cols.size)
-  z = jnp.take_along_axis(block.z, jnp.clip(idx, 0, cols.size - 1)[:, None], axis=1)[:, 0]
-  return jnp.where(inside, z, jnp.full_like(z, -jnp.inf))
+  return jnp.exp(m_old - finite_or_zero(m_new))
 
 
 # ---------------------------------------------------------------------------
-# Elementwise terms from log-probabilities
+# Listed categories (labels, a stored teacher's indices)
+# ---------------------------------------------------------------------------
+
+
+def pick(z: Array, local: Array) -> Array:
+  """``z[n, local[n, j]]`` where ``0 <= local < c``, else ``-inf`` (``local [n, k]``)."""
+  c = z.shape[-1]
+  inside = (local >= 0) & (local < c)
+  got = jnp.take_along_axis(z, jnp.clip(local, 0, c - 1), axis=1)
+  return jnp.where(inside, got, jnp.full_like(got, -jnp.inf))
+
+
+def scatter(shape, local: Array, values: Array) -> Array:
+  """``[n, c]`` zeros plus ``values [n, k]`` added at the columns ``local [n, k]``
+  (indices outside ``[0, c)`` are dropped)."""
+  n, c = shape
+  cols = jnp.where((local >= 0) & (local < c), local, c)
+  rows = jnp.broadcast_to(jnp.arange(n)[:, None], local.shape)
+  return jnp.zeros(shape, values.dtype).at[rows, cols].add(values, mode="drop")
+
+
+# ---------------------------------------------------------------------------
+# Elementwise terms from clamped log-probabilities (arithmetic: see "Passes over a block")
 # ---------------------------------------------------------------------------
 
 
 def weighted(lp: Array, x: Array) -> Array:
-  """``exp(lp) x``, exactly 0 where ``exp(lp)`` is 0 (so ``0 log 0 = 0`` and ``0 inf = 0``)."""
-  p = jnp.exp(lp)
-  return jnp.where(p == 0, jnp.zeros_like(p), p * jnp.where(p == 0, jnp.zeros_like(x), x))
+  """``exp(lp) x`` for a clamped ``lp``: exactly 0 where the probability is 0."""
+  return jnp.exp(lp) * x
 
 
 def prob_diff(lp: Array, lq: Array) -> Array:
-  """``q - p`` from log-probabilities, to the relative precision of the difference.
+  """``q - p`` from clamped log-probabilities, to the relative precision of the difference.
 
   ``exp(lq) - exp(lp)`` loses the digits of a small difference of two probabilities near
   1; ``e^a (e^{lq - a} - e^{lp - a})`` with ``a = max(lp, lq)`` is ``e^a`` times
   ``-expm1(-|lq - lp|)``, accurate for every gap.
   """
-  a = jnp.maximum(lp, lq)
-  gap = jnp.where(a == -jnp.inf, jnp.zeros_like(a), lq - lp)
-  d = -jnp.expm1(-jnp.abs(gap)) * jnp.exp(a)
-  return jnp.where(gap < 0, -d, d)
+  gap = lq - lp
+  d = -jnp.expm1(-jnp.abs(gap)) * jnp.exp(jnp.maximum(lp, lq))
+  return jnp.copysign(d, gap)
+
+
+def log_mix(log_a: Array, lp: Array, log_b: Array, lq: Array) -> Array:
+  """``log(a p + b q)`` from clamped log-probabilities and clamped ``log a``, ``log b``:
+  ``logaddexp`` as arithmetic (both operands are finite), clamped."""
+  x, y = log_a + lp, log_b + lq
+  return clamp(jnp.maximum(x, y) + jnp.log1p(jnp.exp(-jnp.abs(x - y))))

@@ -45,6 +45,10 @@ ROLES = {
   "log_density": "log-densities: not NaN, not +inf",
   "finite": "finite values",
   "classifier": "a [D, V] projection: finite; its last axis counts the categories",
+  "indices": "a stored distribution's categories: in range and distinct where their "
+  "log-probability is finite",
+  "log_probs": "a stored distribution's log-probabilities: not NaN, <= 0, a listed mass of "
+  "at most 1 (+ round-off)",
   "axis": "the category axis",
   "where": "the category mask",
   "unchecked": "static or scalar parameters, checked by the function itself",

@@ -218,16 +218,32 @@ def _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base) -> 
   pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
   in_01 = lambda v: (v >= 0) & (v <= 1)  # noqa: E731
   w = _param(fn, "weight", weight, pr, in_01, "in the closed interval [0, 1]")
-  lm, mz = _log_mixture(w, pr.p, pr.q)
-  terms_p = _numerics.rel_entr(pr.p.prob, pr.p.zero, pr.p.log_prob, lm, mz)
-  terms_q = _numerics.rel_entr(pr.q.prob, pr.q.zero, pr.q.log_prob, lm, mz)
-  zeros = jnp.zeros_like(terms_p)
-  terms_p = jnp.where(mz & ~pr.p.zero, zeros, terms_p)  # +inf only where w = 0
-  terms_q = jnp.where(mz & ~pr.q.zero, zeros, terms_q)  # +inf only where w = 1
-  js = jnp.sum(w * terms_p + (1 - w) * terms_q, axis=-1)
+  js = jensen_shannon_of(pr.p, pr.q, w)
   w0 = w[..., 0]
   js = jnp.where((w0 >= 0) & (w0 <= 1), js, jnp.full_like(js, jnp.nan))
   return _inputs.apply_base(js, base)
+
+
+def jensen_shannon_of(dp: _inputs.Dist, dq: _inputs.Dist, w: Array) -> Array:
+  r""":math:`\mathrm{JS}_w` of two resolved distributions (``w`` broadcasts against them)."""
+  lm, mz = _log_mixture(w, dp, dq)
+  terms_p = _numerics.rel_entr(dp.prob, dp.zero, dp.log_prob, lm, mz)
+  terms_q = _numerics.rel_entr(dq.prob, dq.zero, dq.log_prob, lm, mz)
+  zeros = jnp.zeros_like(terms_p)
+  terms_p = jnp.where(mz & ~dp.zero, zeros, terms_p)  # +inf only where w = 0
+  terms_q = jnp.where(mz & ~dq.zero, zeros, terms_q)  # +inf only where w = 1
+  return jnp.sum(w * terms_p + (1 - w) * terms_q, axis=-1)
+
+
+def skew_kl_of(dp: _inputs.Dist, dq: _inputs.Dist, a: Array) -> Array:
+  r""":math:`\mathrm{KL}(p \| a p + (1 - a) q)` of two resolved distributions."""
+  lm, mz = _log_mixture(a, dp, dq)
+  return _rel_entr_sum(dp, lm, mz)
+
+
+def total_variation_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
+  r""":math:`\tfrac12 \sum_i |p_i - q_i|` of two resolved distributions."""
+  return 0.5 * jnp.sum(jnp.abs(dp.prob - dq.prob), axis=-1)
 
 
 @_api.public
@@ -461,8 +477,7 @@ def skew_kl_divergence(
   fn = "skew_kl_divergence"
   pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
   a = _param(fn, "alpha", alpha, pr, lambda v: (v >= 0) & (v <= 1), "in the closed interval [0, 1]")
-  lm, mz = _log_mixture(a, pr.p, pr.q)
-  d = _rel_entr_sum(pr.p, lm, mz)
+  d = skew_kl_of(pr.p, pr.q, a)
   a0 = a[..., 0]
   d = jnp.where((a0 >= 0) & (a0 <= 1), d, jnp.full_like(d, jnp.nan))
   return _inputs.apply_base(d, base)
@@ -513,7 +528,7 @@ def total_variation_distance(
   """
   fn = "total_variation_distance"
   pr = _Pair(fn, p, q, p_logits, q_logits, axis, where)
-  return 0.5 * jnp.sum(jnp.abs(pr.p.prob - pr.q.prob), axis=-1)
+  return total_variation_of(pr.p, pr.q)
 
 
 def _squared_hellinger(pr: _Pair) -> Array:

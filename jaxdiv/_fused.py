@@ -3,31 +3,25 @@ r"""Large-vocabulary fused losses: divergences of ``softmax(hidden @ weight)`` w
 A language-model head turns ``N`` hidden states of width ``D`` into ``N x V`` logits; at
 ``V = 65536`` and ``N = 8192`` those are 2 GiB in float32, and differentiating a loss on
 them keeps several such arrays alive. The functions here never form them: they walk the
-vocabulary (and optionally the tokens) in blocks, computing ``hidden @ weight[:, block]``
-on the fly with an online (running-max) log-sum-exp, and a :func:`jax.custom_vjp` keeps
-only per-row statistics (log-normalisers, the divergence itself) for the backward pass,
-which recomputes each block and turns it straight into the two weight-gradient
-products. Compiled temporaries are ``O(rows x chunk_size)`` instead of ``O(N x V)``.
+tokens (and, for very large vocabularies, the vocabulary) in blocks, computing
+``hidden @ weight`` one block at a time, and fold each block into per-token statistics
+(:mod:`jaxdiv._drivers`, :mod:`jaxdiv._fused_losses`). Under ``jax.grad`` with a
+``reduction``, the same sweep forms the gradients, so a training step costs the products
+of the naive step and the memory of a few blocks.
 
-This is the idea of Cut Cross-Entropy (Wijmans et al., 2025), Liger-Kernel's fused
-linear cross-entropy (Hsu et al., 2024) and levanter's blockwise cross-entropy, written
-in plain JAX (``lax.fori_loop`` over blocks), so it runs on every backend. The block
-helpers and mergeable per-row statistics live in :mod:`jaxdiv._blocks`, one class per
-loss in :mod:`jaxdiv._fused_losses`; this module checks arguments and documents.
-
-Every loss is formed from shifted quantities (``z - max``) and its derivative from
-``exp((z - max) - log1p(excess))``, so adding a constant to the logits changes neither the
-value nor the gradient, and 16-bit inputs are accumulated in float32.
-
-Derivatives: reverse mode (``jax.grad``, ``jax.vjp``) and forward-over-reverse
-(``jax.hessian``, ``jax.jacfwd(jax.grad(f))``). Pure forward mode (``jax.jvp``,
-``jax.jacfwd``, ``jax.linearize``) raises a ``TypeError`` naming the core function to use
-on materialised logits instead.
+This is the idea of Cut Cross-Entropy (Wijmans et al., 2025), Liger-Kernel's fused linear
+losses (Hsu et al., 2024) and levanter's blockwise cross-entropy, written in plain JAX, so
+it runs on every backend. Every public function here checks its arguments and builds a
+:class:`Job`; the drivers run it on one device, and :mod:`jaxdiv._sharded` runs the same
+job on the vocabulary shards of a mesh.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import operator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,16 +29,14 @@ import numpy as np
 from jax.interpreters import ad
 from jax.typing import ArrayLike
 
-from jaxdiv import _checks, _inputs
+from jaxdiv import _checks, _drivers, _inputs
 from jaxdiv import _fused_losses as L
 
 Array = jax.Array
-
-_DEFAULT_CHUNK = 4096
-_DEFAULT_TOKEN_CHUNK = 1024
+REDUCTIONS = (None, "sum", "mean")
 
 # ---------------------------------------------------------------------------
-# Argument checks, flattening of batch dimensions, base conversion
+# Argument checks
 # ---------------------------------------------------------------------------
 
 
@@ -55,9 +47,9 @@ def _float_array(fn: str, name: str, x) -> Array:
   return x
 
 
-def _chunk(fn: str, name: str, size, default: int) -> int:
+def _chunk(fn: str, name: str, size) -> int | None:
   if size is None:
-    return default
+    return None
   try:
     size = operator.index(size)
   except TypeError:
@@ -65,67 +57,6 @@ def _chunk(fn: str, name: str, size, default: int) -> int:
   if size <= 0:
     raise ValueError(f"{fn}: `{name}` must be a positive integer, got {size}.")
   return size
-
-
-def _side_arrays(fn: str, role: str, hidden, weight, logits, names=None):
-  """``(hidden [..., D], weight [D, V], None)`` or ``(None, None, logits [..., V])``.
-
-  ``names`` are the caller's argument names for hidden, weight and logits (default
-  ``{role}_hidden`` etc.), so that messages name what the user passed.
-  """
-  h_name, w_name, z_name = names or (f"{role}_hidden", f"{role}_weight", f"{role}_logits")
-  linear = hidden is not None or weight is not None
-  if linear and logits is not None:
-    raise ValueError(
-      f"{fn}: the distribution {role} is given twice; give either `{h_name}` and "
-      f"`{w_name}` or `{z_name}`."
-    )
-  if not linear and logits is None:
-    raise ValueError(
-      f"{fn}: the distribution {role} is missing; give `{h_name}` and `{w_name}` or `{z_name}`."
-    )
-  if logits is not None:
-    z = _float_array(fn, z_name, logits)
-    if z.ndim < 1:
-      raise ValueError(f"{fn}: `{z_name}` needs a category axis, got a scalar.")
-    return None, None, z
-  if hidden is None or weight is None:
-    missing = h_name if hidden is None else w_name
-    raise ValueError(f"{fn}: `{missing}` is missing (the logits are `{h_name} @ {w_name}`).")
-  h = _float_array(fn, h_name, hidden)
-  w = _float_array(fn, w_name, weight)
-  if h.ndim < 1 or w.ndim != 2 or h.shape[-1] != w.shape[0]:
-    raise ValueError(
-      f"{fn}: `{h_name}` must have shape [..., D] and `{w_name}` shape [D, V]; got "
-      f"{h.shape} and {w.shape}."
-    )
-  return h, w, None
-
-
-def _batch_vocab(h, w, z):
-  return (z.shape[:-1], z.shape[-1]) if z is not None else (h.shape[:-1], w.shape[1])
-
-
-def _flat(h, w, z):
-  return (
-    None if h is None else h.reshape(-1, h.shape[-1]),
-    w,
-    None if z is None else z.reshape(-1, z.shape[-1]),
-  )
-
-
-def _where(fn: str, where, num_v: int):
-  if where is None:
-    return None
-  where = jnp.asarray(where)
-  if where.dtype != jnp.bool_:
-    raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {where.dtype}.")
-  if where.shape != (num_v,):
-    raise ValueError(
-      f"{fn}: `where` must be a mask over the vocabulary, shape ({num_v},); got {where.shape} "
-      f"(mask padded tokens by weighting the per-token result instead)."
-    )
-  return where
 
 
 def _scalar(fn: str, name: str, value, *, low=None, high=None, positive=False, what=""):
@@ -153,41 +84,214 @@ def _scalar(fn: str, name: str, value, *, low=None, high=None, positive=False, w
   return value, x
 
 
-def _head_options(fn, temperature, soft_cap):
-  """The ``opts`` entries and static flags for ``temperature`` and ``soft_cap``."""
-  opts, flags = {}, {}
-  t, tv = _scalar(fn, "temperature", temperature, positive=True)
-  if tv != 1.0:  # a concrete T = 1 divides nothing
-    opts["temperature"], flags["temperature"] = t, True
+def _reduction(fn: str, reduction) -> str | None:
+  if reduction not in REDUCTIONS:
+    raise ValueError(
+      f"{fn}: `reduction` must be None (per token), 'sum' or 'mean' (over the tokens that "
+      f"count); got {reduction!r}."
+    )
+  return reduction
+
+
+class _Side(NamedTuple):
+  """A distribution as given: ``kind`` "head", "logits" or "sparse"."""
+
+  kind: str
+  hidden: Array | None = None
+  weight: Array | None = None
+  logits: Array | None = None
+  sparse: _inputs.Sparse | None = None
+
+  @property
+  def batch(self):
+    if self.kind == "head":
+      return self.hidden.shape[:-1]
+    if self.kind == "logits":
+      return self.logits.shape[:-1]
+    return self.sparse.indices.shape[:-1]
+
+
+def _head_side(fn, hidden, weight, h_name, w_name) -> _Side:
+  if hidden is None or weight is None:
+    missing = h_name if hidden is None else w_name
+    raise ValueError(f"{fn}: `{missing}` is missing (the logits are `{h_name} @ {w_name}`).")
+  h, w = _float_array(fn, h_name, hidden), _float_array(fn, w_name, weight)
+  if h.ndim < 1 or w.ndim != 2 or h.shape[-1] != w.shape[0]:
+    raise ValueError(
+      f"{fn}: `{h_name}` must have shape [..., D] and `{w_name}` shape [D, V]; got "
+      f"{h.shape} and {w.shape}."
+    )
+  return _Side("head", h, w)
+
+
+def _side(fn: str, role: str, hidden, weight, logits, indices=None, log_probs=None, names=None):
+  """One distribution, given as a head, as logits, or stored sparse; ``None`` if absent.
+
+  ``names``: the caller's argument names for the five (default ``{role}_hidden`` etc.).
+  """
+  names = names or tuple(f"{role}_{a}" for a in ("hidden", "weight", "logits", "indices", "log_probs"))
+  forms = {
+    "head": (hidden, weight),
+    "logits": (logits,),
+    "sparse": (indices, log_probs),
+  }
+  given = [k for k, v in forms.items() if any(x is not None for x in v)]
+  if len(given) > 1:
+    spelled = {"head": f"`{names[0]}`/`{names[1]}`", "logits": f"`{names[2]}`"}
+    spelled["sparse"] = f"`{names[3]}`/`{names[4]}`"
+    raise ValueError(
+      f"{fn}: the distribution {role} is given {len(given)} times (as "
+      f"{' and '.join(spelled[k] for k in given)}); give exactly one of them."
+    )
+  if not given:
+    return None
+  if given[0] == "head":
+    return _head_side(fn, hidden, weight, names[0], names[1])
+  if given[0] == "logits":
+    z = _float_array(fn, names[2], logits)
+    if z.ndim < 1:
+      raise ValueError(f"{fn}: `{names[2]}` needs a category axis, got a scalar.")
+    return _Side("logits", logits=z)
+  return _Side("sparse", sparse=(indices, log_probs, names[3:]))
+
+
+def _num_v(side: _Side):
+  if side.kind == "head":
+    return side.weight.shape[1]
+  if side.kind == "logits":
+    return side.logits.shape[-1]
+  return None
+
+
+def _sparse_now(fn, role, side: _Side, num_v) -> _Side:
+  """A stored side's arrays checked against the dense side's vocabulary."""
+  if side.kind != "sparse":
+    return side
+  indices, log_probs, names = side.sparse
+  return _Side("sparse", sparse=_inputs.sparse(fn, role, indices, log_probs, num_v, names))
+
+
+def _masks(fn: str, where, batch: tuple, num_v: int) -> dict:
+  """``where`` as a vocabulary mask ``[V]``, a token mask ``[N]`` or a full mask ``[N, V]``.
+
+  ``where`` broadcasts against ``[..., V]`` as in the core functions: ``[V]`` (e.g. a
+  padded vocabulary) and ``[..., 1]`` (padded tokens) cost nothing of size ``N x V``.
+  """
+  if where is None:
+    return {}
+  w = jnp.asarray(where)
+  if w.dtype != jnp.bool_:
+    raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {w.dtype}.")
+  shape = (*batch, num_v)
+  try:
+    ok = tuple(np.broadcast_shapes(w.shape, shape)) == shape
+  except ValueError:
+    ok = False
+  if not ok:
+    hint = ""
+    if tuple(w.shape) == tuple(batch):
+      hint = " To mask tokens, keep the category axis: `where=mask[..., None]`."
+    raise ValueError(
+      f"{fn}: `where` with shape {w.shape} must broadcast against the logits' shape {shape}: "
+      f"a vocabulary mask ({num_v},), a token mask {(*batch, 1)}, or both.{hint}"
+    )
+  n = int(np.prod(batch, dtype=np.int64))
+  lead, last = w.shape[:-1] if w.ndim else (), w.shape[-1] if w.ndim else 1
+  if all(d == 1 for d in lead) and last == num_v and num_v != 1:
+    return {"vocab_mask": w.reshape(num_v)}
+  if last == 1:
+    return {"row_mask": jnp.broadcast_to(w, (*batch, 1)).reshape(n)}
+  return {"full_mask": jnp.broadcast_to(w, shape).reshape(n, num_v)}
+
+
+# ---------------------------------------------------------------------------
+# Options: one check each, the same for every function
+# ---------------------------------------------------------------------------
+
+
+def _head(fn, temperature, soft_cap, arrays: dict, prefix="") -> tuple:
+  """Put the temperature and soft cap into ``arrays``; the names a term's head reads."""
+  names = [None, None]
   if soft_cap is not None:
     c, _ = _scalar(fn, "soft_cap", soft_cap, positive=True)
-    opts["soft_cap"], flags["soft_cap"] = c, True
-  return opts, flags
+    arrays[prefix + "soft_cap"] = jnp.asarray(c)
+    names[0] = prefix + "soft_cap"
+  t, tv = _scalar(fn, "temperature", temperature, positive=True)
+  if tv != 1.0:  # a concrete T = 1 divides nothing
+    arrays[prefix + "temperature"] = jnp.asarray(t)
+    names[1] = prefix + "temperature"
+  return tuple(names)
 
 
-def _static(fn, loss, num_rows, num_v, chunk_size, token_chunk_size, **flags) -> L.Static:
-  vc = min(_chunk(fn, "chunk_size", chunk_size, _DEFAULT_CHUNK), max(num_v, 1))
-  tc = _chunk(fn, "token_chunk_size", token_chunk_size, _DEFAULT_TOKEN_CHUNK)
-  tc = min(tc, max(num_rows, 1))
-  flags = {k: flags.get(k, False) for k in ("soft_cap", "temperature", "z_loss", "smoothing")}
-  return L.Static(loss, vc, max(tc, 1), **flags)
+def _ce_options(fn, z_loss, label_smoothing, arrays: dict) -> tuple:
+  """Put the z-loss and smoothing into ``arrays``; the cross-entropy term's flags."""
+  flags = []
+  zl, zlv = _scalar(fn, "z_loss", z_loss, low=0.0)
+  if zlv != 0.0:
+    arrays["z_loss"] = jnp.asarray(zl)
+    flags.append(("z_loss", True))
+  eps, epsv = _scalar(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+  if epsv != 0.0:
+    arrays["smoothing"] = jnp.asarray(eps)
+    flags.append(("smoothing", True))
+  return tuple(flags)
 
 
-def _pair(fn, p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits, where):
-  p = _side_arrays(fn, "p", p_hidden, p_weight, p_logits)
-  q = _side_arrays(fn, "q", q_hidden, q_weight, q_logits)
-  if p[2] is not None and q[2] is not None:
+def _labels(fn: str, labels, batch) -> Array:
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_:
+    raise TypeError(f"{fn}: `labels` must be an integer array, got dtype {labels.dtype}.")
+  if labels.shape != tuple(batch):
     raise ValueError(
-      f"{fn}: both distributions are given as logits; use the core functions "
-      f"(jaxdiv.kl_divergence etc.) on logits, the fused form needs a (hidden, weight) side."
+      f"{fn}: `labels` must have the batch shape of `hidden` {tuple(batch)} "
+      f"(hidden without its last axis); got {labels.shape}."
     )
-  (bp, vp), (bq, vq) = _batch_vocab(*p), _batch_vocab(*q)
-  if bp != bq or vp != vq:
-    raise ValueError(
-      f"{fn}: p and q must have the same batch shape and vocabulary size; got batch {bp}, "
-      f"V={vp} for p and batch {bq}, V={vq} for q."
-    )
-  return _flat(*p), _flat(*q), bp, vp, _where(fn, where, vp)
+  return labels
+
+
+def _mix_weight(fn, name, value, what):
+  """A mixture weight in the closed interval [0, 1]."""
+  if value is None:
+    raise ValueError(f"{fn}: `{name}` is required ({what}).")
+  value, _ = _scalar(fn, name, value, low=0.0, high=1.0, what=f" ({what})")
+  return jnp.asarray(value)
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------
+
+
+class Job(NamedTuple):
+  """A checked fused call: what the drivers run, on one device or on a mesh."""
+
+  fn: str
+  comps: tuple  # _drivers.Comp, ...
+  kinds: tuple  # the dense kinds of p and q ("head", "logits", None)
+  arrays: dict  # flattened to rows: sides, per-row data, masks, options
+  batch: tuple
+  num_v: int
+  chunks: tuple  # (chunk_size, token_chunk_size) as given
+  reduction: str | None
+  diff_opts: tuple
+  base: Any
+  instead: str  # the core function for forward mode
+
+  @property
+  def num_rows(self) -> int:
+    return int(np.prod(self.batch, dtype=np.int64))
+
+  def static(self, num_rows, local_v, vocab_axis=None, data_axis=None) -> _drivers.Static:
+    blocks = _drivers.plan(num_rows, local_v, *self.chunks, sides=sum(k == "head" for k in self.kinds))
+    return _drivers.Static(
+      self.fn, self.comps, self.kinds, num_rows, self.num_v, local_v, *blocks,
+      self.reduction, tuple(sorted(self.arrays)), self.diff_opts, vocab_axis, data_axis,
+    )  # fmt: skip
+
+  def finish(self, out: Array) -> Array:
+    if self.reduction is None:
+      out = out.reshape(self.batch)
+    return out if self.base is False else _inputs.apply_base(out, self.base)
 
 
 def _forward_mode_error(fn: str, instead: str) -> TypeError:
@@ -198,34 +302,211 @@ def _forward_mode_error(fn: str, instead: str) -> TypeError:
   )
 
 
-def _call(fn: str, instead: str, st: L.Static, arrays, labels, where, opts) -> Array:
-  """The fused kernel, with JAX's bare forward-mode error replaced by one that says what to do."""
-  if any(isinstance(x, ad.JVPTracer) for x in (*arrays, *opts.values())):
-    raise _forward_mode_error(fn, instead)
+def call(job: Job, run, fn: str | None = None) -> Array:
+  """``run(arrays)`` (a driver), with JAX's bare forward-mode error replaced by one that
+  says what to use instead."""
+  fn = fn or job.fn
+  if any(isinstance(x, ad.JVPTracer) for x in job.arrays.values()):
+    raise _forward_mode_error(fn, job.instead)
   try:
-    return L.fused(st, arrays, labels, where, opts)
+    return job.finish(run(job.arrays))
   except TypeError as e:
     if "forward-mode autodiff" in str(e):
-      raise _forward_mode_error(fn, instead) from None
+      raise _forward_mode_error(fn, job.instead) from None
     raise
 
 
-def _run_pair(fn, instead, loss, sides, where, chunk_size, token_chunk_size, opts, flags, base):
-  p, q, batch, num_v, where = _pair(fn, *sides, where)
-  num_rows = int(np.prod(batch, dtype=np.int64))
-  st = _static(fn, loss, num_rows, num_v, chunk_size, token_chunk_size, **flags)
-  out = _call(fn, instead, st, (*p, *q), None, where, opts).reshape(batch)
-  return out if base is False else _inputs.apply_base(out, base)
+def run(job: Job) -> Array:
+  """A job on one device."""
+  st = job.static(job.num_rows, job.num_v)
+  return call(job, functools.partial(_drivers.device, st))
 
 
-_HEAD_ROLES = dict(temperature="unchecked", soft_cap="unchecked")
+def fused(**roles):
+  """Make ``build(fn, *args, **kwargs) -> Job`` the public function ``fn`` (without its
+  first argument), running the job on one device; ``.build`` keeps the builder for the
+  vocabulary-parallel version (:func:`jaxdiv._sharded.vocabulary_parallel`)."""
+
+  def decorate(build):
+    sig = inspect.signature(build)
+    name = build.__name__
+
+    @functools.wraps(build)
+    def public(*args, **kwargs):
+      return run(build(name, *args, **kwargs))
+
+    public.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    public.build = build
+    return _checks.roles(**roles)(public)
+
+  return decorate
+
+
+def _job(fn, comps, sides, batch, num_v, rows, where, reduction, chunks, base, instead,
+         options, diff_opts=()) -> Job:  # fmt: skip
+  """Flatten the batch dimensions to rows and collect the arrays."""
+  n = int(np.prod(batch, dtype=np.int64))
+  arrays = dict(options)
+  kinds = []
+  for role in ("p", "q"):
+    s = sides.get(role)
+    dense = s is not None and s.kind != "sparse"
+    kinds.append(s.kind if dense else None)
+    arrays[f"{role}_hidden"] = s.hidden.reshape(n, -1) if dense and s.kind == "head" else None
+    arrays[f"{role}_weight"] = s.weight if dense and s.kind == "head" else None
+    arrays[f"{role}_values"] = s.logits.reshape(n, num_v) if dense and s.kind == "logits" else None
+    if s is not None and s.kind == "sparse":
+      sp = s.sparse
+      k = sp.indices.shape[-1]
+      arrays.update(
+        indices=sp.indices.reshape(n, k),
+        log_probs=sp.log_probs.reshape(n, k),
+        slot_ok=sp.slot_ok.reshape(n, k),
+        invalid=sp.invalid.reshape(n),
+      )
+  for k, v in rows.items():
+    arrays[k] = v.reshape(n, *v.shape[len(batch) :])
+  masks = _masks(fn, where, batch, num_v)
+  if "row_mask" in masks and "row_mask" in arrays:
+    masks["row_mask"] = masks["row_mask"] & arrays["row_mask"]
+  arrays.update(masks)
+  return Job(fn, tuple(comps), tuple(kinds), arrays, tuple(batch), num_v,
+             (_chunk(fn, "chunk_size", chunks[0]), _chunk(fn, "token_chunk_size", chunks[1])),
+             _reduction(fn, reduction), tuple(diff_opts), base, instead)  # fmt: skip
+
+
+def _comp(loss, sides, head=(None, None), flags=(), opts=(), weight=None) -> _drivers.Comp:
+  return _drivers.Comp(loss, tuple(sides), tuple(head), tuple(sorted(flags)), tuple(opts), weight)
+
+
+# The dense pair losses and their cells' counterpart for a stored side.
+_PAIRS = {
+  "kl": (L.KL, "kl"),
+  "jsd": (L.JensenShannon, "jsd"),
+  "skew_kl": (L.SkewKL, "skew_kl"),
+  "tv": (L.TotalVariation, "tv"),
+}
+
+
+def _divergence_term(fn, kind, sides, tail, head, mix_name=None) -> _drivers.Comp:
+  """The term of ``kind`` between two sides (one of them possibly stored)."""
+  opts = () if mix_name is None else (("mix", mix_name),)
+  stored = [r for r in ("p", "q") if sides[r].kind == "sparse"]
+  if not stored:
+    return _comp(_PAIRS[kind][0], ("p", "q"), head, opts=opts)
+  dense = "q" if stored[0] == "p" else "p"
+  flags = (("stored", stored[0]), ("tail", tail), ("cells", _PAIRS[kind][1]))
+  return _comp(L.Sparse, (dense,), head, flags=flags, opts=opts)
+
+
+def _pair_sides(fn, p_hidden, p_weight, p_logits, p_indices, p_log_probs,
+                q_hidden, q_weight, q_logits, q_indices, q_log_probs):  # fmt: skip
+  p = _side(fn, "p", p_hidden, p_weight, p_logits, p_indices, p_log_probs)
+  q = _side(fn, "q", q_hidden, q_weight, q_logits, q_indices, q_log_probs)
+  for role, s in (("p", p), ("q", q)):
+    if s is None:
+      raise ValueError(
+        f"{fn}: the distribution {role} is missing; give `{role}_hidden` and `{role}_weight`, "
+        f"`{role}_logits`, or `{role}_indices` with `{role}_log_probs`."
+      )
+  if p.kind != "head" and q.kind != "head":
+    what = {"logits": "logits", "sparse": "stored log-probabilities"}
+    raise ValueError(
+      f"{fn}: p is given as {what[p.kind]} and q as {what[q.kind]}; the fused form needs a "
+      f"(hidden, weight) side -- for these use the core functions (jaxdiv.kl_divergence etc.)."
+    )
+  num_v = _num_v(p) if p.kind != "sparse" else _num_v(q)
+  p, q = _sparse_now(fn, "p", p, num_v), _sparse_now(fn, "q", q, num_v)
+  vp, vq = _num_v(p), _num_v(q)
+  if p.batch != q.batch or (vp is not None and vq is not None and vp != vq):
+    raise ValueError(
+      f"{fn}: p and q must have the same batch shape and vocabulary size; got batch "
+      f"{p.batch}, V={vp} for p and batch {q.batch}, V={vq} for q."
+    )
+  return {"p": p, "q": q}, p.batch, num_v
+
+
+def _pair_job(fn, kind, sides_args, tail, temperature, soft_cap, where, reduction, chunks,
+              base, instead, mix=None) -> Job:  # fmt: skip
+  sides, batch, num_v = _pair_sides(fn, *sides_args)
+  if any(s.kind == "sparse" for s in sides.values()):
+    _inputs.check_tail(fn, tail)
+  options = {}
+  head = _head(fn, temperature, soft_cap, options)
+  diff = ()
+  if mix is not None:
+    options["mix"], diff = mix, ("mix",)
+  comp = _divergence_term(fn, kind, sides, tail, head, None if mix is None else "mix")
+  return _job(fn, [comp], sides, batch, num_v, {}, where, reduction, chunks, base, instead,
+              options, diff)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Shared documentation
+# ---------------------------------------------------------------------------
+
+_SIDES_DOC = r"""Each side is a ``(hidden [..., D], weight [D, V])`` pair, ``[..., V]`` logits, or a
+  stored distribution ``indices [..., k]`` with ``log_probs [..., k]`` (see
+  :doc:`/guides/stored_teachers`); at least one side must be a pair, and the two may have
+  different hidden widths. Gradients flow to every argument being differentiated, on
+  either side: for reverse KL with a frozen teacher, pass the student as ``p`` and the
+  teacher as ``q``."""
+
+_HEAD_DOC = r"""``soft_cap`` :math:`c` maps the dense sides' logits to :math:`c \tanh(z / c)` and
+  ``temperature`` :math:`T` then divides them by :math:`T` (a stored side's log-probabilities
+  are used as given: store them at the temperature of the loss). No :math:`T^2` factor is
+  applied: Hinton et al. (2015) multiply the softened loss by :math:`T^2` so that its
+  gradients keep their size relative to a hard-label loss as :math:`T` changes; see
+  :func:`linear_distillation_loss` for that convention."""
+
+_BLOCKS_DOC = r"""Blocks: ``chunk_size`` categories by ``token_chunk_size`` tokens, chosen from the
+  problem when not given (the whole vocabulary of a block of tokens while a block fits
+  ``2**23`` elements with at least 128 tokens; see :doc:`/performance`). With a
+  ``reduction`` the value and the gradients are formed in one sweep under ``jax.grad``;
+  with ``reduction=None`` (per token) the backward pass recomputes each block once a
+  weight is differentiated (a per-token cotangent arrives only then)."""
+
+_WHERE_DOC = r"""``where`` broadcasts against the logits ``[..., V]``, as in the core functions: a
+  ``[V]`` vocabulary mask excludes categories (a padded vocabulary), a ``[..., 1]`` token
+  mask excludes tokens (padding: 0, with zero gradient, even where the inputs are NaN),
+  neither at an ``N x V`` cost; a full ``[..., V]`` mask is sliced block by block."""
+
+_ARGS_DOC = r"""reduction: ``None`` (per token), ``"sum"``, or ``"mean"`` over the tokens that
+      count (not masked; for cross-entropy, label not ignored); 0 when none counts.
+    chunk_size: vocabulary block size (default: from the problem).
+    token_chunk_size: token block size (default: from the problem)."""
+
+
+def _doc(fn):
+  fn.__doc__ = (
+    fn.__doc__.replace("{sides}", _SIDES_DOC)
+    .replace("{head}", _HEAD_DOC)
+    .replace("{blocks}", _BLOCKS_DOC)
+    .replace("{where}", _WHERE_DOC)
+    .replace("{args}", _ARGS_DOC)
+  )
+  return fn
+
+
+_PAIR_ROLES = dict(
+  _checks.LINEAR_PAIR,
+  p_indices="indices",
+  p_log_probs="log_probs",
+  q_indices="indices",
+  q_log_probs="log_probs",
+  tail="unchecked",
+  temperature="unchecked",
+  soft_cap="unchecked",
+  reduction="unchecked",
+)
 
 # ---------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------
 
 
-@_checks.roles(
+@_doc
+@fused(
   hidden="finite",
   weight="classifier",
   labels="labels",
@@ -235,9 +516,12 @@ _HEAD_ROLES = dict(temperature="unchecked", soft_cap="unchecked")
   base="unchecked",
   z_loss="unchecked",
   label_smoothing="unchecked",
-  **_HEAD_ROLES,
+  temperature="unchecked",
+  soft_cap="unchecked",
+  reduction="unchecked",
 )
 def linear_cross_entropy(
+  fn,
   hidden: ArrayLike,
   weight: ArrayLike,
   labels: ArrayLike,
@@ -247,6 +531,7 @@ def linear_cross_entropy(
   z_loss: ArrayLike = 0.0,
   label_smoothing: ArrayLike = 0.0,
   where: ArrayLike | None = None,
+  reduction: str | None = None,
   chunk_size: int | None = None,
   token_chunk_size: int | None = None,
   base: float | None = None,
@@ -262,12 +547,8 @@ def linear_cross_entropy(
   The arguments mirror the product ``hidden @ weight`` they stand for (as in Cut
   Cross-Entropy and Liger), followed by the target; ``labels`` may also be given by
   keyword. The value is :math:`H(p, q)` with the (smoothed) one-hot target :math:`p` and
-  the model :math:`q`, as :func:`jaxdiv.cross_entropy` with ``labels=`` computes it on
-  materialised logits, without ever forming the ``[..., V]`` logits: the vocabulary is
-  processed in blocks of ``chunk_size`` columns of ``weight`` (and the tokens in blocks of
-  ``token_chunk_size``), and a custom VJP keeps only per-token statistics, recomputing
-  each block of logits in the backward pass. Compiled temporaries are a few
-  ``token_chunk_size x chunk_size`` blocks plus the gradients themselves.
+  the model :math:`q`, as :func:`jaxdiv.cross_entropy` with ``labels=`` and the same options
+  computes it on materialised logits, without ever forming the ``[..., V]`` logits.
 
   Options, applied in this order:
 
@@ -281,13 +562,14 @@ def linear_cross_entropy(
     :math:`\mathrm{lse}(z)` the log-normaliser of the logits *after* the cap and the
     temperature, over the included categories.
 
-  Edge conventions: a negative label is ignored -- exactly 0 for every term (z-loss and
-  smoothing included), with zero gradient; so is a label at an excluded category. A
-  label :math:`\ge V` gives NaN (and no gradient contribution). ``where`` (a ``[V]`` mask,
-  e.g. for a padded vocabulary) excludes categories from the normaliser. Reductions
-  over tokens belong to the caller (a mean over non-ignored tokens is ``sum / count``).
-  The value is formed from shifted logits (:math:`\log\sum e^{z - m} - (z_y - m)`), so
-  adding a constant to the logits changes neither value nor gradient.
+  Edge conventions: a negative label is ignored (PyTorch's ``ignore_index=-100``, Liger's
+  too) -- exactly 0 for every term (z-loss and smoothing included), with zero gradient; so
+  is a label at an excluded category. A label :math:`\ge V` gives NaN (and no gradient
+  contribution). {where} The value is formed from shifted logits
+  (:math:`\log\sum e^{z - m} - (z_y - m)`), so adding a constant to the logits changes
+  neither value nor gradient.
+
+  {blocks}
 
   Derivatives: reverse mode (``jax.grad``, ``jax.vjp``) and ``jax.hessian``; ``jax.jvp``
   and ``jax.jacfwd`` raise -- use :func:`jaxdiv.cross_entropy` on materialised logits for
@@ -302,14 +584,12 @@ def linear_cross_entropy(
     soft_cap: :math:`c > 0` for logit soft-capping, or ``None``.
     z_loss: :math:`\lambda \ge 0`, the weight of :math:`\mathrm{lse}(z)^2`.
     label_smoothing: :math:`\varepsilon \in [0, 1]`.
-    where: optional boolean ``[V]`` mask of the categories to include.
-    chunk_size: vocabulary block size (default 4096); need not divide ``V``.
-    token_chunk_size: token block size (default 1024); need not divide the number of
-      tokens. With ``chunk_size`` it bounds the temporaries independently of ``N``.
+    where: boolean mask broadcastable against ``[..., V]`` (see above).
+    {args}
     base: logarithm base (``None``: nats; 2: bits).
 
   Returns:
-    ``[...]`` per-token loss (float32 for 16-bit inputs).
+    ``[...]`` per-token loss, or the scalar sum or mean (float32 for 16-bit inputs).
 
   Example:
     >>> h = jnp.array([[1.0, 0.0], [0.0, 1.0]]); w = jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -320,6 +600,9 @@ def linear_cross_entropy(
     >>> smooth = linear_cross_entropy(h, w, labels=y, label_smoothing=0.1, z_loss=1e-4)
     >>> [round(float(x), 4) for x in smooth]  # 0.9 (lse - 2) + 0.1 mean(lse - z) + 1e-4 lse^2
     [0.3734, 0.6184]
+    >>> mean = linear_cross_entropy(h, w, jnp.array([0, -1]), reduction="mean")
+    >>> round(float(mean), 6)  # over the one token that counts
+    0.239545
 
   References:
     Wijmans et al., "Cut your losses in large-vocabulary language models", ICLR (2025);
@@ -328,52 +611,27 @@ def linear_cross_entropy(
     Chowdhery et al., "PaLM" (2022) (z-loss); Gemma Team, "Gemma 2" (2024) (soft cap).
 
   See also:
-    :func:`jaxdiv.cross_entropy`, :func:`linear_kl_divergence`,
-    :func:`jaxdiv.sharded_cross_entropy` (vocabulary sharded over devices).
+    :func:`jaxdiv.cross_entropy`, :func:`linear_distillation_loss`,
+    :func:`jaxdiv.sharded_linear_cross_entropy` (vocabulary sharded over devices).
   """
-  fn = "linear_cross_entropy"
   _inputs.check_base(fn, base)
-  h, w, _ = _side_arrays(fn, "q", hidden, weight, None, names=("hidden", "weight", "logits"))
-  labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_:
-    raise TypeError(f"{fn}: `labels` must be an integer array, got dtype {labels.dtype}.")
-  if labels.shape != h.shape[:-1]:
-    raise ValueError(
-      f"{fn}: `labels` must have the batch shape of `hidden` {h.shape[:-1]} "
-      f"(hidden {h.shape} without its last axis); got {labels.shape}."
-    )
-  batch, num_v = h.shape[:-1], w.shape[1]
-  where = _where(fn, where, num_v)
-  opts, flags = _head_options(fn, temperature, soft_cap)
-  zl, zlv = _scalar(fn, "z_loss", z_loss, low=0.0)
-  if zlv != 0.0:
-    opts["z_loss"], flags["z_loss"] = zl, True
-  eps, epsv = _scalar(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-  if epsv != 0.0:
-    opts["smoothing"], flags["smoothing"] = eps, True
-  num_rows = int(np.prod(batch, dtype=np.int64))
-  st = _static(fn, L.CrossEntropy, num_rows, num_v, chunk_size, token_chunk_size, **flags)
-  hf, _, _ = _flat(h, w, None)
-  instead = "jaxdiv.cross_entropy(labels=..., q_logits=...)"
-  loss = _call(fn, instead, st, (None, None, None, hf, w, None), labels.reshape(-1), where, opts)
-  return _inputs.apply_base(loss.reshape(batch), base)
+  q = _head_side(fn, hidden, weight, "hidden", "weight")
+  labels = _labels(fn, labels, q.batch)
+  options = {}
+  head = _head(fn, temperature, soft_cap, options)
+  flags = _ce_options(fn, z_loss, label_smoothing, options)
+  opts = [(k, k) for k in ("z_loss", "smoothing") if k in options]
+  comp = _comp(L.LabelsCE, ("q",), head, flags, opts)
+  rows = {"labels": labels, "row_mask": labels >= 0}  # an ignored token adds nothing, even NaN
+  return _job(fn, [comp], {"q": q}, q.batch, q.weight.shape[1], rows, where, reduction,
+              (chunk_size, token_chunk_size), base, "jaxdiv.cross_entropy(labels=..., q_logits=...)",
+              options)  # fmt: skip
 
 
-_SIDES_DOC = r"""Each side is either a ``(hidden [..., D], weight [D, V])`` pair or ``[..., V]``
-  logits; at least one must be a pair (for two logit arrays use the core functions), and
-  the two sides may have different hidden widths. Gradients flow to every argument being
-  differentiated, on either side: for reverse KL with a frozen teacher, pass the student as
-  ``p`` and the teacher as ``q``."""
-
-_HEAD_DOC = r"""``soft_cap`` :math:`c` maps both sides' logits to :math:`c \tanh(z / c)` and
-  ``temperature`` :math:`T` then divides both by :math:`T`. No :math:`T^2` factor is
-  applied: Hinton et al. (2015) multiply the softened loss by :math:`T^2` so that its
-  gradients keep their size relative to a hard-label loss as :math:`T` changes (they
-  scale as :math:`1/T^2`); multiply the result by ``temperature**2`` for that convention."""
-
-
-@_checks.roles(**_checks.LINEAR_PAIR, **_HEAD_ROLES)
+@_doc
+@fused(**_PAIR_ROLES)
 def linear_kl_divergence(
+  fn,
   p_hidden: ArrayLike | None = None,
   p_weight: ArrayLike | None = None,
   q_hidden: ArrayLike | None = None,
@@ -381,9 +639,15 @@ def linear_kl_divergence(
   *,
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
   temperature: ArrayLike = 1.0,
   soft_cap: ArrayLike | None = None,
   where: ArrayLike | None = None,
+  reduction: str | None = None,
   chunk_size: int | None = None,
   token_chunk_size: int | None = None,
   base: float | None = None,
@@ -394,28 +658,32 @@ def linear_kl_divergence(
      \quad p = \mathrm{softmax}(z^p / T),\ q = \mathrm{softmax}(z^q / T),\ z = h W
 
   Mathematical order: ``p`` is the reference. For distillation with forward KL,
-  KL(teacher‖student), pass the teacher as ``p`` (``p_hidden``/``p_weight``, or its
-  logits as ``p_logits``) and the student as ``q`` (``q_hidden``/``q_weight``). Reverse KL,
-  KL(student‖teacher) (mode-seeking, as in MiniLLM and on-policy distillation), is the
-  same function with the student as ``p`` (``p_hidden``/``p_weight``) and the teacher as
-  ``q``: the gradients then flow through the derivative in ``p``,
-  :math:`p(\log p - \log q - \mathrm{KL})`. {sides}
+  KL(teacher‖student), pass the teacher as ``p`` (``p_hidden``/``p_weight``, its logits as
+  ``p_logits``, or its stored top-k or sampled tokens as ``p_indices``/``p_log_probs``) and
+  the student as ``q`` (``q_hidden``/``q_weight``). Reverse KL, KL(student‖teacher)
+  (mode-seeking, as in MiniLLM and on-policy distillation), is the same function with the
+  student as ``p`` and the teacher as ``q``: the gradients then flow through the derivative
+  in ``p``, :math:`p(\log p - \log q - \mathrm{KL})`. {sides}
 
   {head}
 
-  Computed in one pass over blocks of the vocabulary with running maxima and the running
-  sum :math:`\sum_v e^{z^p_v - m_p}((z^p_v - m_p) - (z^q_v - m_q))`, so no ``[..., V]``
-  array is formed (beyond ``p_logits``/``q_logits`` if given) and a constant added to either
-  side's logits changes nothing. The custom VJP keeps both log-normalisers and the KL per
-  token and recomputes each block for the gradients :math:`\partial/\partial z^q = q - p`
-  and :math:`\partial/\partial z^p = p(\log p - \log q - \mathrm{KL})`, computed only for
-  the arguments being differentiated (a frozen teacher costs nothing extra).
+  A stored side is compared on the cells of ``tail`` (:func:`jaxdiv.kl_divergence` has the
+  conventions): ``"residual"`` (default) adds one category holding each side's unlisted
+  mass, the exact KL of the coarse-grained distributions (:math:`\ge 0` and, by the
+  data-processing inequality, at most the full KL); ``"renormalize"`` restricts both to the
+  listed categories; ``"truncate"`` sums the listed terms only (MaxText's and verl's
+  top-k distillation; not a divergence).
+
+  The value is formed in one pass over each block with running maxima and the running sum
+  :math:`\sum_v e^{z^p_v - m_p}((z^p_v - m_p) - (z^q_v - m_q))`, so a constant added to
+  either side's logits changes nothing. Gradients :math:`\partial/\partial z^q = q - p` and
+  :math:`\partial/\partial z^p = p(\log p - \log q - \mathrm{KL})` are computed only for the
+  arguments being differentiated (a frozen teacher costs its forward products only).
 
   Edge conventions as in :func:`jaxdiv.kl_divergence`: ``-inf`` logits are impossible
-  categories (:math:`0 \log 0 = 0`; :math:`p_v > 0 = q_v` gives ``+inf``); ``where`` (a
-  ``[V]`` mask) excludes categories from both, and an all-``False`` mask gives 0.
-  ``jax.jvp``/``jax.jacfwd`` raise (no forward mode for a custom VJP; ``jax.hessian``
-  works); use :func:`jaxdiv.kl_divergence` on materialised logits for those.
+  categories (:math:`0 \log 0 = 0`; :math:`p_v > 0 = q_v` gives ``+inf``); a fully excluded
+  row gives 0. {where} {blocks} ``jax.jvp``/``jax.jacfwd`` raise (``jax.hessian`` works);
+  use :func:`jaxdiv.kl_divergence` on materialised logits for those.
 
   Args:
     p_hidden: ``[..., D_p]`` hidden states of the reference ``p``.
@@ -424,22 +692,32 @@ def linear_kl_divergence(
     q_weight: ``[D_q, V]`` output projection of ``q``.
     p_logits: ``p`` as ``[..., V]`` logits instead of ``p_hidden``/``p_weight``.
     q_logits: ``q`` as ``[..., V]`` logits instead of ``q_hidden``/``q_weight``.
-    temperature: :math:`T > 0`, dividing both sides' logits.
-    soft_cap: :math:`c > 0` capping both sides' logits, or ``None``.
-    where: optional boolean ``[V]`` mask of the categories to include.
-    chunk_size: vocabulary block size (default 4096).
-    token_chunk_size: token block size (default 1024).
+    p_indices: ``p`` stored: ``[..., k]`` integer categories.
+    p_log_probs: ``[..., k]`` their log-probabilities under the full ``p`` (``-inf``:
+      padding).
+    q_indices: ``q`` stored, as ``p_indices``.
+    q_log_probs: ``q`` stored, as ``p_log_probs``.
+    tail: with a stored side, ``"residual"``, ``"renormalize"`` or ``"truncate"``.
+    temperature: :math:`T > 0`, dividing the dense sides' logits.
+    soft_cap: :math:`c > 0` capping the dense sides' logits, or ``None``.
+    where: boolean mask broadcastable against ``[..., V]``.
+    {args}
     base: logarithm base (``None``: nats; 2: bits).
 
   Returns:
-    ``[...]`` per-token :math:`\mathrm{KL}(p\|q) \ge 0`.
+    ``[...]`` per-token :math:`\mathrm{KL}(p\|q) \ge 0`, or the sum or mean.
 
   Example:
     >>> h = jnp.ones((1, 2)); w = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    >>> round(float(linear_kl_divergence(h, w, p_logits=None, q_hidden=h, q_weight=w)[0]), 6)
+    >>> round(float(linear_kl_divergence(h, w, q_hidden=h, q_weight=w)[0]), 6)
     0.0
     >>> teacher = jnp.array([[2.0, 0.0, 0.0]])
     >>> round(float(linear_kl_divergence(q_hidden=h, q_weight=w, p_logits=teacher)[0]), 6)
+    0.098886
+    >>> top1 = linear_kl_divergence(  # the teacher's top-1 and the rest, stored
+    ...   p_indices=jnp.array([[0]]), p_log_probs=jax.nn.log_softmax(teacher)[:, :1],
+    ...   q_hidden=h, q_weight=w)
+    >>> round(float(top1[0]), 6)  # at most the full KL
     0.098886
 
   References:
@@ -449,26 +727,20 @@ def linear_kl_divergence(
 
   See also:
     :func:`jaxdiv.kl_divergence`, :func:`linear_cross_entropy`,
-    :func:`linear_skew_kl_divergence`, :func:`linear_jensen_shannon_divergence`.
+    :func:`linear_distillation_loss`, :func:`linear_jensen_shannon_divergence`.
   """
-  fn = "linear_kl_divergence"
   _inputs.check_base(fn, base)
-  opts, flags = _head_options(fn, temperature, soft_cap)
-  sides = (p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits)
-  instead = "jaxdiv.kl_divergence(p_logits=..., q_logits=...)"
-  return _run_pair(fn, instead, L.KL, sides, where, chunk_size, token_chunk_size, opts, flags, base)
+  sides = (p_hidden, p_weight, p_logits, p_indices, p_log_probs)
+  sides += (q_hidden, q_weight, q_logits, q_indices, q_log_probs)
+  return _pair_job(fn, "kl", sides, tail, temperature, soft_cap, where, reduction,
+                   (chunk_size, token_chunk_size), base,
+                   "jaxdiv.kl_divergence(p_logits=..., q_logits=...)")  # fmt: skip
 
 
-def _mix_weight(fn, name, value, what):
-  """A mixture weight in the closed interval [0, 1], in the sides' compute dtype."""
-  if value is None:
-    raise ValueError(f"{fn}: `{name}` is required ({what}).")
-  value, _ = _scalar(fn, name, value, low=0.0, high=1.0, what=f" ({what})")
-  return value
-
-
-@_checks.roles(**_checks.LINEAR_PAIR, **_HEAD_ROLES, weight="unchecked")
+@_doc
+@fused(**_PAIR_ROLES, weight="unchecked")
 def linear_jensen_shannon_divergence(
+  fn,
   p_hidden: ArrayLike | None = None,
   p_weight: ArrayLike | None = None,
   q_hidden: ArrayLike | None = None,
@@ -476,10 +748,16 @@ def linear_jensen_shannon_divergence(
   *,
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
   weight: ArrayLike = 0.5,
   temperature: ArrayLike = 1.0,
   soft_cap: ArrayLike | None = None,
   where: ArrayLike | None = None,
+  reduction: str | None = None,
   chunk_size: int | None = None,
   token_chunk_size: int | None = None,
   base: float | None = None,
@@ -501,9 +779,8 @@ def linear_jensen_shannon_divergence(
   :math:`m = \beta t + (1 - \beta) s` for teacher :math:`t` and student :math:`s`: that is
   this function with the teacher as ``p``, the student as ``q`` and ``weight`` :math:`=
   \beta`. At :math:`\beta = 0` and :math:`\beta = 1` both switch to plain KL --
-  KL(teacher‖student) and KL(student‖teacher) -- where this function gives 0: use
-  :func:`linear_kl_divergence` for those (the teacher as ``p`` for the first, the student
-  as ``p`` for the second).
+  KL(teacher‖student) and KL(student‖teacher) -- where this function gives 0:
+  :func:`linear_distillation_loss` with ``divergence="gkd"`` follows TRL there.
 
   {sides}
 
@@ -511,25 +788,25 @@ def linear_jensen_shannon_divergence(
 
   The mixture is formed in log space,
   :math:`\log m = \mathrm{logaddexp}(\log w + \log p, \log(1-w) + \log q)`, from
-  log-probabilities formed from shifted logits. Two passes over the vocabulary
-  (log-normalisers, then the mixture terms); the custom VJP keeps both log-normalisers and
-  :math:`\mathrm{KL}(p\|m)`, :math:`\mathrm{KL}(q\|m)` per token, and also gives the
-  derivative in ``weight``, :math:`\mathrm{KL}(p\|m) - \mathrm{KL}(q\|m)`. Masks and
-  blocking as in :func:`linear_kl_divergence`.
+  log-probabilities formed from shifted logits; the derivative in ``weight`` is
+  :math:`\mathrm{KL}(p\|m) - \mathrm{KL}(q\|m)`. A stored side is compared on the cells of
+  ``tail``, as in :func:`linear_kl_divergence`. {where} {blocks}
 
   Args:
     p_hidden, p_weight, q_hidden, q_weight, p_logits, q_logits: the two distributions,
       as in :func:`linear_kl_divergence`.
+    p_indices, p_log_probs, q_indices, q_log_probs: a stored side, as in
+      :func:`linear_kl_divergence`.
+    tail: with a stored side, ``"residual"``, ``"renormalize"`` or ``"truncate"``.
     weight: the mixture weight :math:`w` of ``p`` (a scalar in :math:`[0, 1]`).
-    temperature: :math:`T > 0`, dividing both sides' logits.
-    soft_cap: :math:`c > 0` capping both sides' logits, or ``None``.
-    where: optional boolean ``[V]`` mask of the categories to include.
-    chunk_size: vocabulary block size (default 4096).
-    token_chunk_size: token block size (default 1024).
+    temperature: :math:`T > 0`, dividing the dense sides' logits.
+    soft_cap: :math:`c > 0` capping the dense sides' logits, or ``None``.
+    where: boolean mask broadcastable against ``[..., V]``.
+    {args}
     base: logarithm base (``None``: nats; 2: bits).
 
   Returns:
-    ``[...]`` per-token :math:`\mathrm{JS}_w(p\|q)`.
+    ``[...]`` per-token :math:`\mathrm{JS}_w(p\|q)`, or the sum or mean.
 
   Example:
     >>> h = jnp.ones((1, 1)); w1 = jnp.array([[50.0, 0.0]]); w2 = jnp.array([[0.0, 50.0]])
@@ -543,22 +820,21 @@ def linear_jensen_shannon_divergence(
   See also:
     :func:`linear_kl_divergence`, :func:`jaxdiv.jensen_shannon_divergence`.
   """
-  fn = "linear_jensen_shannon_divergence"
   _inputs.check_base(fn, base)
-  mix = _mix_weight(
-    fn, "weight", weight, "the mixture weight w; the projection matrices are `p_weight`/`q_weight`"
-  )
-  opts, flags = _head_options(fn, temperature, soft_cap)
-  opts["mix"] = mix
-  sides = (p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits)
-  instead = "jaxdiv.jensen_shannon_divergence(p_logits=..., q_logits=..., weight=...)"
-  return _run_pair(
-    fn, instead, L.JensenShannon, sides, where, chunk_size, token_chunk_size, opts, flags, base
-  )
+  what = "the mixture weight w; the projection matrices are `p_weight`/`q_weight`"
+  mix = _mix_weight(fn, "weight", weight, what)
+  sides = (p_hidden, p_weight, p_logits, p_indices, p_log_probs)
+  sides += (q_hidden, q_weight, q_logits, q_indices, q_log_probs)
+  return _pair_job(fn, "jsd", sides, tail, temperature, soft_cap, where, reduction,
+                   (chunk_size, token_chunk_size), base,
+                   "jaxdiv.jensen_shannon_divergence(p_logits=..., q_logits=..., weight=...)",
+                   mix)  # fmt: skip
 
 
-@_checks.roles(**_checks.LINEAR_PAIR, **_HEAD_ROLES, alpha="unchecked")
+@_doc
+@fused(**_PAIR_ROLES, alpha="unchecked")
 def linear_skew_kl_divergence(
+  fn,
   p_hidden: ArrayLike | None = None,
   p_weight: ArrayLike | None = None,
   q_hidden: ArrayLike | None = None,
@@ -566,10 +842,16 @@ def linear_skew_kl_divergence(
   *,
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
   alpha: ArrayLike | None = None,
   temperature: ArrayLike = 1.0,
   soft_cap: ArrayLike | None = None,
   where: ArrayLike | None = None,
+  reduction: str | None = None,
   chunk_size: int | None = None,
   token_chunk_size: int | None = None,
   base: float | None = None,
@@ -587,26 +869,27 @@ def linear_skew_kl_divergence(
 
   {head}
 
-  Two passes over the vocabulary (log-normalisers, then the terms with the mixture
-  formed in log space); the custom VJP keeps per token the log-normalisers, the value and
-  :math:`R = \sum_v p_v^2 / m_v`, :math:`Q = \sum_v q_v p_v / m_v`, which give the
-  derivatives :math:`\partial/\partial z^p = p((\log p - \log m - \mathrm{SKL}) -
-  \alpha(p/m - R))`, :math:`\partial/\partial z^q = (1-\alpha)\,q\,(Q - p/m)` and, in
-  ``alpha``, :math:`Q - R`. Masks and blocking as in :func:`linear_kl_divergence`.
+  Derivatives, with :math:`r = p/m`, :math:`R = \sum_v p_v r_v`, :math:`Q = \sum_v q_v r_v`:
+  :math:`\partial/\partial z^p = p((\log p - \log m - \mathrm{SKL}) - \alpha(r - R))`,
+  :math:`\partial/\partial z^q = (1-\alpha)\,q\,(Q - r)` and, in ``alpha``, :math:`Q - R`.
+  A stored side is compared on the cells of ``tail``, as in :func:`linear_kl_divergence`.
+  {where} {blocks}
 
   Args:
     p_hidden, p_weight, q_hidden, q_weight, p_logits, q_logits: the two distributions,
       as in :func:`linear_kl_divergence`.
+    p_indices, p_log_probs, q_indices, q_log_probs: a stored side, as in
+      :func:`linear_kl_divergence`.
+    tail: with a stored side, ``"residual"``, ``"renormalize"`` or ``"truncate"``.
     alpha: :math:`\alpha \in [0, 1]` (required), a scalar.
-    temperature: :math:`T > 0`, dividing both sides' logits.
-    soft_cap: :math:`c > 0` capping both sides' logits, or ``None``.
-    where: optional boolean ``[V]`` mask of the categories to include.
-    chunk_size: vocabulary block size (default 4096).
-    token_chunk_size: token block size (default 1024).
+    temperature: :math:`T > 0`, dividing the dense sides' logits.
+    soft_cap: :math:`c > 0` capping the dense sides' logits, or ``None``.
+    where: boolean mask broadcastable against ``[..., V]``.
+    {args}
     base: logarithm base (``None``: nats; 2: bits).
 
   Returns:
-    ``[...]`` per-token :math:`\mathrm{SKL}_\alpha(p\|q)`.
+    ``[...]`` per-token :math:`\mathrm{SKL}_\alpha(p\|q)`, or the sum or mean.
 
   Example:
     >>> h = jnp.ones((1, 1)); w1 = jnp.array([[50.0, 0.0]]); w2 = jnp.array([[0.0, 50.0]])
@@ -622,20 +905,20 @@ def linear_skew_kl_divergence(
     :func:`jaxdiv.skew_kl_divergence`, :func:`linear_kl_divergence`,
     :func:`linear_jensen_shannon_divergence`.
   """
-  fn = "linear_skew_kl_divergence"
   _inputs.check_base(fn, base)
   mix = _mix_weight(fn, "alpha", alpha, "the skew alpha in [0, 1]")
-  opts, flags = _head_options(fn, temperature, soft_cap)
-  opts["mix"] = mix
-  sides = (p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits)
-  instead = "jaxdiv.skew_kl_divergence(p_logits=..., q_logits=..., alpha=...)"
-  return _run_pair(
-    fn, instead, L.SkewKL, sides, where, chunk_size, token_chunk_size, opts, flags, base
-  )
+  sides = (p_hidden, p_weight, p_logits, p_indices, p_log_probs)
+  sides += (q_hidden, q_weight, q_logits, q_indices, q_log_probs)
+  return _pair_job(fn, "skew_kl", sides, tail, temperature, soft_cap, where, reduction,
+                   (chunk_size, token_chunk_size), base,
+                   "jaxdiv.skew_kl_divergence(p_logits=..., q_logits=..., alpha=...)",
+                   mix)  # fmt: skip
 
 
-@_checks.roles(**{k: v for k, v in _checks.LINEAR_PAIR.items() if k != "base"}, **_HEAD_ROLES)
+@_doc
+@fused(**{k: v for k, v in _PAIR_ROLES.items() if k != "base"})
 def linear_total_variation_distance(
+  fn,
   p_hidden: ArrayLike | None = None,
   p_weight: ArrayLike | None = None,
   q_hidden: ArrayLike | None = None,
@@ -643,36 +926,47 @@ def linear_total_variation_distance(
   *,
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
   temperature: ArrayLike = 1.0,
   soft_cap: ArrayLike | None = None,
   where: ArrayLike | None = None,
+  reduction: str | None = None,
   chunk_size: int | None = None,
   token_chunk_size: int | None = None,
 ) -> Array:
   r"""Total variation distance :math:`\tfrac12 \sum_v |p_v - q_v|` per token, without the logits.
 
   A metric with values in :math:`[0, 1]`, symmetric in ``p`` and ``q``, used as a
-  distillation loss (Wen et al., 2023); the
-  same value as :func:`jaxdiv.total_variation_distance` on materialised logits. The
-  difference :math:`p_v - q_v` is formed from log-probabilities with ``expm1``, so it
-  keeps its digits when both are near 1. The derivative of :math:`|x|` at 0 is taken as 0:
-  with :math:`s_v = \mathrm{sign}(p_v - q_v)/2`, :math:`\partial/\partial z^p = p(s -
+  distillation loss (Wen et al., 2023); the same value as
+  :func:`jaxdiv.total_variation_distance` on materialised logits. The difference
+  :math:`p_v - q_v` is formed from log-probabilities with ``expm1``, so it keeps its digits
+  when both are near 1. The derivative of :math:`|x|` at 0 is taken as 0: with
+  :math:`s_v = \mathrm{sign}(p_v - q_v)/2`, :math:`\partial/\partial z^p = p(s -
   \sum_v p_v s_v)` and :math:`\partial/\partial z^q = -q(s - \sum_v q_v s_v)`. Unit-free,
   so no ``base``. {sides}
 
   {head}
 
+  A stored side is compared on the cells of ``tail``, as in :func:`linear_kl_divergence`.
+  {where} {blocks}
+
   Args:
     p_hidden, p_weight, q_hidden, q_weight, p_logits, q_logits: the two distributions,
       as in :func:`linear_kl_divergence`.
-    temperature: :math:`T > 0`, dividing both sides' logits.
-    soft_cap: :math:`c > 0` capping both sides' logits, or ``None``.
-    where: optional boolean ``[V]`` mask of the categories to include.
-    chunk_size: vocabulary block size (default 4096).
-    token_chunk_size: token block size (default 1024).
+    p_indices, p_log_probs, q_indices, q_log_probs: a stored side, as in
+      :func:`linear_kl_divergence`.
+    tail: with a stored side, ``"residual"``, ``"renormalize"`` or ``"truncate"``.
+    temperature: :math:`T > 0`, dividing the dense sides' logits.
+    soft_cap: :math:`c > 0` capping the dense sides' logits, or ``None``.
+    where: boolean mask broadcastable against ``[..., V]``.
+    {args}
 
   Returns:
-    ``[...]`` per-token :math:`\delta(p, q) \in [0, 1]`.
+    ``[...]`` per-token :math:`\delta(p, q) \in [0, 1]`, or the sum or mean.
 
   Example:
     >>> h = jnp.ones((1, 1)); w1 = jnp.array([[50.0, 0.0]]); w2 = jnp.array([[0.0, 50.0]])
@@ -687,20 +981,8 @@ def linear_total_variation_distance(
   See also:
     :func:`jaxdiv.total_variation_distance`, :func:`linear_kl_divergence`.
   """
-  fn = "linear_total_variation_distance"
-  opts, flags = _head_options(fn, temperature, soft_cap)
-  sides = (p_hidden, p_weight, p_logits, q_hidden, q_weight, q_logits)
-  instead = "jaxdiv.total_variation_distance(p_logits=..., q_logits=...)"
-  return _run_pair(
-    fn, instead, L.TotalVariation, sides, where, chunk_size, token_chunk_size, opts, flags, False
-  )
-
-
-for _f in (
-  linear_kl_divergence,
-  linear_jensen_shannon_divergence,
-  linear_skew_kl_divergence,
-  linear_total_variation_distance,
-):
-  _f.__doc__ = _f.__doc__.replace("{sides}", _SIDES_DOC).replace("{head}", _HEAD_DOC)
-del _f
+  sides = (p_hidden, p_weight, p_logits, p_indices, p_log_probs)
+  sides += (q_hidden, q_weight, q_logits, q_indices, q_log_probs)
+  return _pair_job(fn, "tv", sides, tail, temperature, soft_cap, where, reduction,
+                   (chunk_size, token_chunk_size), False,
+                   "jaxdiv.total_variation_distance(p_logits=..., q_logits=...)")  # fmt: skip

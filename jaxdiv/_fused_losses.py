@@ -1,96 +1,61 @@
-r"""The fused losses' algorithms: per-row statistics, values and closed-form derivatives.
+r"""The fused losses, each defined once: per-block statistics, their merge, value and gradient.
 
-Each loss is a small class of static methods, built from the block helpers of
-:mod:`jaxdiv._blocks`:
+A loss is a class of static methods that the drivers of :mod:`jaxdiv._drivers` call, the
+same for one device, for token-chunked runs and for vocabulary shards:
 
-* ``stats(pb, st, rows)``: walks the vocabulary for a block of rows and returns per-row
-  statistics (``[n]`` arrays);
-* ``value(pb, st, stats)``: the per-row loss from the statistics;
-* ``dlogits(pb, st, rows, cols, stats, g, needs)``: for one block, the cotangent of the
-  (transformed) logits of each side in ``needs``, as ``{side: (dz, block)}``;
-* ``dmix(pb, st, stats, g)``, for the losses with a differentiable mixture weight.
+* ``stats(cx)``: the per-row statistics of one block of logits (``[n]`` arrays);
+* ``empty(cx)``: the statistics of no categories at all (where a running merge starts);
+* ``reduce(stats, ops)``: merges statistics with the two reductions of a
+  :class:`~jaxdiv._blocks.Ops` -- two stacked blocks, or the shards of a mesh axis (see
+  :mod:`jaxdiv._blocks`): written once, used for both;
+* ``second(cx, first)``, for losses whose terms need the final log-normalisers: a second
+  pass of plain sums (merged by ``ops.sum``);
+* ``value(cx, first, second)``: the per-row loss;
+* ``grad(cx, first, second)``: the derivative of each row's loss with respect to the
+  block of (transformed) logits of each side it reads, ``{side: [n, c]}``;
+* ``extra(cx, first, second)``: derivatives with respect to per-row or scalar inputs
+  (a mixture weight, a stored teacher's log-probabilities), ``{name: [n, ...]}``;
+* ``counts(cx)``: the rows a ``reduction="mean"`` counts (``None``: every row).
 
-``pb`` is the :class:`Problem` (the sides, the head's transform, the mask, labels and
-options in the compute dtype) and ``st`` the trace-time :class:`Static` configuration. A
-generic :func:`jax.custom_vjp` driver (:func:`fused`) loops over blocks of rows, keeps only
-the statistics for the backward pass, applies the derivative of the logit transform, and
-turns each recomputed block's cotangent into the gradients of ``hidden``, ``weight`` or
-``logits`` of the sides being differentiated.
+``cx`` (a :class:`~jaxdiv._drivers.Ctx`) gives the block's transformed logits of side
+``"p"`` or ``"q"`` (``cx.z(side)``: ``-inf`` where a category is excluded or repeats an
+earlier block), per-row data (``cx.row("labels")``), options (``cx.opt("z_loss")``),
+static flags (``cx.flag("smoothing")``), the compute dtype and the vocabulary offset of
+this shard. Every loss is formed from shifted quantities (``z - max``) and its derivative
+from ``exp((z - max) - log1p(excess))``, so adding a constant to the logits changes
+neither; 16-bit inputs are accumulated in float32.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxdiv import _blocks as B
-from jaxdiv import _numerics
+from jaxdiv import _f_divergences, _inputs, _kl, _numerics
 
 Array = jax.Array
+fz = B.finite_or_zero
 
 
-class Static(NamedTuple):
-  """The trace-time configuration of a fused call."""
-
-  loss: Any  # one of the loss classes below
-  vocab_chunk: int
-  token_chunk: int
-  soft_cap: bool
-  temperature: bool
-  z_loss: bool
-  smoothing: bool
-
-
-class Problem(NamedTuple):
-  """Everything a loss reads, in the compute dtype."""
-
-  p: B.Side | None
-  q: B.Side
-  head: B.Head
-  where: Array | None  # [V] bool
-  labels: Array | None  # [N] int
-  opts: dict  # scalar option arrays: "z_loss", "smoothing", "mix"
-  dtype: Any
-  num_v: int
-  vocab_chunk: int
-
-  def block(self, name: str, rows: B.Range, cols: B.Range) -> B.Block:
-    side = self.p if name == "p" else self.q
-    return B.logits(side, self.head, rows, cols, self.where, self.dtype)
-
-  def labels_rows(self, rows: B.Range) -> Array:
-    return lax.dynamic_slice_in_dim(self.labels, rows.start, rows.size)
-
-  def over_vocab(self, body, carry):
-    return B.loop(self.num_v, self.vocab_chunk, body, carry)
-
-  def norms(self, rows: B.Range, sides=("p", "q")):
-    """First pass: each side's :class:`~jaxdiv._blocks.Lse` over the whole vocabulary."""
-
-    def body(cols, carry):
-      return tuple(
-        B.lse_merge(s, B.lse_block(self.block(name, rows, cols).z))
-        for s, name in zip(carry, sides, strict=True)
-      )
-
-    return self.over_vocab(body, tuple(B.lse_empty(rows.size, self.dtype) for _ in sides))
-
-
-def _zero_unless(cond, x):
-  return jnp.where(cond, x, jnp.zeros_like(x))
-
-
-def _pair_edges(pb: Problem, stats, loss):
-  """A row with no possible category on either side is 0 (the linear side can only be
-  empty by an all-False mask); on one side only, that side is not a distribution: NaN, as
-  in the core functions. Decided from the merged statistics alone, so that it holds for
-  the vocabulary shards of a sharded row too."""
-  empty_p, empty_q = stats[0] == -jnp.inf, stats[2] == -jnp.inf
+def _pair_edges(first_p: B.Lse, first_q: B.Lse, loss: Array) -> Array:
+  """A row with no possible category on either side is 0 (a fully excluded row); on one
+  side only, that side is not a distribution: NaN, as in the core functions. Decided from
+  the merged statistics alone, so that it holds for the shards of a row too."""
+  empty_p, empty_q = first_p.m == -jnp.inf, first_q.m == -jnp.inf
   loss = jnp.where(empty_p | empty_q, jnp.full_like(loss, jnp.nan), loss)
-  return _zero_unless(~(empty_p & empty_q), loss)
+  return jnp.where(empty_p & empty_q, jnp.zeros_like(loss), loss)
+
+
+def _lse_reduce(ms, lses, ops):
+  """The :class:`~jaxdiv._blocks.Lse` parts of a reduce: ``ms`` are the merged maxima."""
+  return [x for s, m in zip(lses, ms, strict=True) for x in B.lse_parts(s, m)]
+
+
+def _lse_from(ms, sums):
+  return [B.lse_total(m, sums[2 * i], sums[2 * i + 1]) for i, m in enumerate(ms)]
 
 
 # ---------------------------------------------------------------------------
@@ -99,150 +64,301 @@ def _pair_edges(pb: Problem, stats, loss):
 # ---------------------------------------------------------------------------
 
 
-def label_info(labels: Array, num_v: int, where: Array | None):
-  """``(ignored, out_of_range, index)``: a negative label or one at an excluded category
-  is ignored; a label ``>= V`` gives NaN."""
-  ignored = labels < 0
-  out_of_range = labels >= num_v
-  index = jnp.where(ignored | out_of_range, 0, labels)
-  if where is not None:
-    ignored = ignored | ~where[index]
-  return ignored, out_of_range, index
+class LabelStats(NamedTuple):
+  lse: B.Lse
+  zy: Array  # the label's logit (-inf in blocks without it)
+  kept: Array  # 1 where the label's category is included, 0 excluded, -inf not in the block
+  u: Array  # smoothing: sum over included categories of (z - m)
+  count: Array  # smoothing: the number of included categories
 
 
-def _num_included(pb: Problem):
-  if pb.where is None:
-    return jnp.asarray(pb.num_v, pb.dtype)
-  return jnp.sum(pb.where).astype(pb.dtype)
+def _label_ignored(cx):
+  """``(ignored, out_of_range)``: a negative label is ignored, one ``>= V`` gives NaN."""
+  labels = cx.row("labels")
+  return labels < 0, labels >= cx.num_v
 
 
-class CrossEntropy:
+class LabelsCE:
   r"""``(1 - eps)(lse - z_y) + eps mean_incl(lse - z_v) + z_loss lse^2``, from shifted terms.
 
   With ``lse = m + log1p(t)``: ``lse - z_y = log1p(t) - (z_y - m)`` and
   ``mean(lse - z_v) = log1p(t) - mean(z_v - m)``, where ``sum (z_v - m)`` is carried over
-  the running maximum. Derivative: ``softmax (1 + 2 z_loss lse) - target``, with the label's
-  ``softmax - 1`` formed as ``expm1(log softmax)``.
+  the running maximum. A label at an excluded category is ignored. Derivative:
+  ``softmax (1 + 2 z_loss lse) - target``, the label's ``softmax - 1`` formed as
+  ``expm1(log softmax)`` (a confident row keeps its digits).
   """
 
   @staticmethod
-  def stats(pb: Problem, st: Static, rows: B.Range):
-    n = rows.size
-    _, _, index = label_info(pb.labels_rows(rows), pb.num_v, pb.where)
-
-    def body(cols, carry):
-      lse, zy, u, cnt = carry
-      blk = pb.block("q", rows, cols)
-      new = B.lse_merge(lse, B.lse_block(blk.z))
-      zy = jnp.maximum(zy, B.label_logit(blk, cols, index))
-      if st.smoothing:  # sum of (z - m) over the included categories, m the running max
-        mf_old, mf = B.finite_or_zero(lse.m), B.finite_or_zero(new.m)
-        kept = jnp.ones(cols.size, bool) if blk.keep is None else blk.keep
-        rel = jnp.where(kept, blk.z - mf[:, None], jnp.zeros_like(blk.z))
-        u = u - cnt * (mf - mf_old) + jnp.sum(rel, axis=-1)
-        cnt = cnt + jnp.sum(kept).astype(cnt.dtype)
-      return new, zy, u, cnt
-
-    zeros = jnp.zeros((n,), pb.dtype)
-    init = (B.lse_empty(n, pb.dtype), jnp.full((n,), -jnp.inf, pb.dtype), zeros, zeros)
-    lse, zy, u, _ = pb.over_vocab(body, init)
-    return lse.m, lse.t, zy, u
+  def _local(cx):
+    ignored, out_of_range = _label_ignored(cx)
+    labels = jnp.where(ignored | out_of_range, -1, cx.row("labels"))
+    return (labels - cx.offset - cx.cols.start)[:, None]
 
   @staticmethod
-  def value(pb: Problem, st: Static, stats):
-    m, t, zy, u = stats
-    ignored, out_of_range, _ = label_info(pb.labels, pb.num_v, pb.where)
-    log_s = jnp.log1p(t)
-    loss = log_s - (zy - B.finite_or_zero(m))
-    if st.smoothing:
-      eps = pb.opts["smoothing"]
-      smooth = log_s - u / _num_included(pb)
-      loss = (1 - eps) * loss + eps * smooth
-    if st.z_loss:
-      lse = m + log_s
-      loss = loss + pb.opts["z_loss"] * lse * lse
-    loss = _zero_unless(~ignored, loss)
+  def empty(cx):
+    n, dt = cx.rows.size, cx.dtype
+    none = jnp.full((n,), -jnp.inf, dt)
+    return LabelStats(B.lse_empty(n, dt), none, none, jnp.zeros((n,), dt), jnp.zeros((n,), dt))
+
+  @staticmethod
+  def stats(cx):
+    z = cx.z(cx.side)
+    s = B.lse_block(z)
+    local = LabelsCE._local(cx)
+    zy = B.pick(z, local)[:, 0]
+    kept = jnp.zeros_like(zy)
+    if cx.masked:
+      keep = jnp.broadcast_to(cx.keep, z.shape).astype(z.dtype)
+      kept = B.pick(keep, local)[:, 0]
+    u = count = jnp.zeros_like(zy)
+    if cx.flag("smoothing"):  # an impossible (-inf) category is included: it costs +inf
+      m = B.fresh(fz(s.m))
+      if cx.keep is None:
+        u = jnp.sum(z - m[:, None], axis=-1)
+        count = jnp.full_like(zy, z.shape[1])
+      else:
+        inc = jnp.broadcast_to(cx.keep, z.shape)
+        u = jnp.sum(jnp.where(inc, z - m[:, None], jnp.zeros_like(z)), axis=-1)
+        count = jnp.sum(inc, axis=-1).astype(z.dtype)
+    return LabelStats(s, zy, kept, u, count)
+
+  @staticmethod
+  def reduce(s, ops):
+    m, zy, kept = ops.max((s.lse.m, s.zy, s.kept))
+    part, top = B.lse_parts(s.lse, m)
+    u = s.u - s.count * (fz(m) - fz(s.lse.m))  # the sums of (z - m), moved to the new m
+    part, top, u, count = ops.sum((part, top, u, s.count))
+    return LabelStats(B.lse_total(m, part, top), zy, kept, u, count)
+
+  @staticmethod
+  def _ignored(cx, s):
+    ignored, out_of_range = _label_ignored(cx)
+    if cx.masked:
+      ignored = ignored | (s.kept == 0)
+    return ignored, out_of_range
+
+  @staticmethod
+  def counts(cx, s):
+    return ~LabelsCE._ignored(cx, s)[0]
+
+  @staticmethod
+  def value(cx, s, _):
+    ignored, out_of_range = LabelsCE._ignored(cx, s)
+    log_s = B.log_norm(s.lse)
+    loss = log_s - (s.zy - fz(s.lse.m))
+    if cx.flag("smoothing"):
+      eps = cx.opt("smoothing")
+      mean = s.u / jnp.maximum(s.count, 1)
+      loss = (1 - eps) * loss + eps * (log_s - mean)
+    if cx.flag("z_loss"):
+      lse = s.lse.m + log_s
+      loss = loss + cx.opt("z_loss") * lse * lse
+    loss = B.zero_unless(~ignored, loss)
     return jnp.where(out_of_range, jnp.full_like(loss, jnp.nan), loss)
 
   @staticmethod
-  def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
-    m, t, zy, _ = stats
-    ignored, out_of_range, index = label_info(pb.labels_rows(rows), pb.num_v, pb.where)
-    g = _zero_unless(~(ignored | out_of_range), g)
-    blk = pb.block("q", rows, cols)
-    lse = B.Lse(m, t)
-    lp = B.log_probs(blk.z, lse)
-    p = jnp.exp(lp)
+  def grad(cx, s, _):
+    ignored, out_of_range = LabelsCE._ignored(cx, s)
+    z = cx.z(cx.side)
+    p = B.softmax(z, s.lse)
     # log q_y = (z_y - m) - log1p(t); q_y - 1 = expm1(log q_y) keeps a confident row's digits
-    lp_y = (zy - B.finite_or_zero(m)) - B.log_norm(lse)
+    lp_y = (s.zy - fz(s.lse.m)) - B.log_norm(s.lse)
     dy = jnp.expm1(lp_y)
     coef = p
-    if st.z_loss:
-      c = 2 * pb.opts["z_loss"] * (m + B.log_norm(lse))
-      coef = coef + _zero_unless(~ignored, c)[:, None] * p
+    if cx.flag("z_loss"):
+      c = 2 * cx.opt("z_loss") * (s.lse.m + B.log_norm(s.lse))
+      coef = coef + c[:, None] * p
       dy = dy + c * jnp.exp(lp_y)
-    if st.smoothing:
-      eps = pb.opts["smoothing"]
-      share = eps / _num_included(pb)
-      kept = jnp.ones(cols.size, bool) if blk.keep is None else blk.keep
-      coef = coef - jnp.where(kept, share, jnp.zeros_like(share))
+    if cx.flag("smoothing"):
+      eps = cx.opt("smoothing")
+      share = eps / jnp.maximum(s.count, 1)
+      coef = coef - share[:, None]  # excluded categories: the driver zeroes them
       dy = dy + eps - share
-    is_y = (jnp.arange(cols.size) + cols.start)[None, :] == index[:, None]
-    if cols.valid is not None:
-      is_y = is_y & cols.valid
-    dz = jnp.where(is_y, dy[:, None], coef)
-    return {"q": (g[:, None] * dz, blk)}
+    # the label's entry is set, not selected: no compare over the block
+    dz = coef.at[jnp.arange(z.shape[0])[:, None], LabelsCE._dropped(cx)].set(dy[:, None], mode="drop")
+    return {cx.side: dz * (~(ignored | out_of_range)).astype(z.dtype)[:, None]}
+
+  @staticmethod
+  def _dropped(cx):
+    """The label's column in this block, or an index past its end (dropped by a scatter)."""
+    local = LabelsCE._local(cx)
+    return jnp.where((local >= 0) & (local < cx.cols.size), local, cx.cols.size)
 
 
 # ---------------------------------------------------------------------------
-# KL(p || q): one pass, a = sum_v e^{z^p_v - m_p} ((z^p_v - m_p) - (z^q_v - m_q)) over the
-# running maxima, so KL = a / s_p - log s_p + log s_q with nothing formed at the offset.
+# Two logit sides in one pass: KL(p || q) and H(p, q). The running sum
+# a = sum_v e^{z^p_v - m_p} term_v, term = (z^p - m_p) - (z^q - m_q) for KL and z^q - m_q
+# for CE, moves with the maxima; nothing is formed at the logits' offset.
 # ---------------------------------------------------------------------------
+
+
+class PairStats(NamedTuple):
+  p: B.Lse
+  q: B.Lse
+  a: Array
+  hit: Array  # p_v > 0 = q_v somewhere (the value is +inf)
+
+
+def _pair_stats(cx, kl: bool) -> PairStats:
+  zp, zq = cx.z("p"), cx.z("q")
+  sp, sq = B.lse_block(zp), B.lse_block(zq)
+  mp, mq = B.fresh(fz(sp.m), fz(sq.m))
+  dp, dq = B.clamp(zp - mp[:, None]), B.clamp(zq - mq[:, None])
+  a = jnp.sum(jnp.exp(dp) * (dp - dq if kl else dq), axis=-1)
+  hit = jnp.zeros_like(a)
+  if cx.may_vanish("q"):  # p_v > 0 = q_v: the clamped log-ratio is about +big
+    mp, mq = B.fresh(fz(sp.m), fz(sq.m))
+    gap = jnp.min(B.clamp(zq - mq[:, None]) - B.clamp(zp - mp[:, None]), axis=-1)
+    hit = (gap <= -B.big(gap.dtype) / 2).astype(a.dtype)
+  return PairStats(sp, sq, a, hit)
+
+
+def _pair_reduce(s: PairStats, ops, kl: bool) -> PairStats:
+  mp, mq = ops.max((s.p.m, s.q.m))
+  # the terms move by the shifts of the maxima, and their weights e^{z^p - m_p} rescale
+  shift_q = fz(mq) - fz(s.q.m)
+  shift = (fz(mp) - fz(s.p.m)) - shift_q if kl else shift_q
+  a = B.rescale(s.p.m, mp) * (s.a - shift * (1 + s.p.t))
+  sums = ops.sum((*_lse_reduce((mp, mq), (s.p, s.q), ops), a, s.hit))
+  sp, sq = _lse_from((mp, mq), sums)
+  return PairStats(sp, sq, sums[4], sums[5])
+
+
+def _pair_empty(cx) -> PairStats:
+  n, dt = cx.rows.size, cx.dtype
+  zeros = jnp.zeros((n,), dt)
+  return PairStats(B.lse_empty(n, dt), B.lse_empty(n, dt), zeros, zeros)
 
 
 class KL:
-  @staticmethod
-  def stats(pb: Problem, st: Static, rows: B.Range):
-    n = rows.size
+  r"""``KL(p || q) = a / s_p - log s_p + log s_q``; derivatives ``q - p`` and
+  ``p (log p - log q - KL)``."""
 
-    def body(cols, carry):
-      sp, sq, a, hit = carry
-      zp, zq = pb.block("p", rows, cols).z, pb.block("q", rows, cols).z
-      sp_new = B.lse_merge(sp, B.lse_block(zp))
-      sq_new = B.lse_merge(sq, B.lse_block(zq))
-      mp_old, mp = B.finite_or_zero(sp.m), B.finite_or_zero(sp_new.m)
-      mq_old, mq = B.finite_or_zero(sq.m), B.finite_or_zero(sq_new.m)
-      # the old terms' log-ratios move by the shift of the two maxima
-      shift = (mp - mp_old) - (mq - mq_old)
-      a = B.rescale(sp, sp_new) * (a - shift * (1 + sp.t))
-      p_zero, q_zero = zp == -jnp.inf, zq == -jnp.inf
-      both = ~(p_zero | q_zero)
-      d = jnp.where(both, (zp - mp[:, None]) - (zq - mq[:, None]), jnp.zeros_like(zp))
-      a = a + jnp.sum(jnp.where(p_zero, jnp.zeros_like(zp), jnp.exp(zp - mp[:, None])) * d, -1)
-      hit = hit | jnp.any(q_zero & ~p_zero, axis=-1)
-      return sp_new, sq_new, a, hit
-
-    init = (B.lse_empty(n, pb.dtype), B.lse_empty(n, pb.dtype))
-    init += (jnp.zeros((n,), pb.dtype), jnp.zeros((n,), bool))
-    sp, sq, a, hit = pb.over_vocab(body, init)
-    kl = a / (1 + sp.t) - B.log_norm(sp) + B.log_norm(sq)
-    kl = jnp.where(hit, jnp.inf, kl)
-    return sp.m, sp.t, sq.m, sq.t, kl
+  empty = staticmethod(_pair_empty)
 
   @staticmethod
-  def value(pb: Problem, st: Static, stats):
-    return _pair_edges(pb, stats, stats[-1])
+  def stats(cx):
+    return _pair_stats(cx, kl=True)
 
   @staticmethod
-  def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
-    mp, tp, mq, tq, kl = stats
-    bp, bq = pb.block("p", rows, cols), pb.block("q", rows, cols)
-    lp, lq = B.log_probs(bp.z, B.Lse(mp, tp)), B.log_probs(bq.z, B.Lse(mq, tq))
+  def reduce(s, ops):
+    return _pair_reduce(s, ops, kl=True)
+
+  @staticmethod
+  def value(cx, s, _):
+    kl = s.a / (1 + s.p.t) - B.log_norm(s.p) + B.log_norm(s.q)
+    return _pair_edges(s.p, s.q, jnp.where(s.hit > 0, jnp.inf, kl))
+
+  @staticmethod
+  def grad(cx, s, _):
+    lp, lq = B.log_probs(cx.z("p"), s.p), B.log_probs(cx.z("q"), s.q)
     out = {}
-    if "q" in needs:  # q - p
-      out["q"] = (g[:, None] * B.prob_diff(lp, lq), bq)
-    if "p" in needs:  # p (log p - log q - KL)
-      out["p"] = (g[:, None] * B.weighted(lp, (lp - lq) - kl[:, None]), bp)
+    if cx.wants("q"):
+      out["q"] = B.prob_diff(lp, lq)
+    if cx.wants("p"):
+      kl = fz(KL.value(cx, s, None))
+      out["p"] = B.weighted(B.log_probs(cx.z("p"), s.p), (lp - lq) - kl[:, None])
+    return out
+
+
+class CE:
+  r"""``H(p, q) = log s_q - a / s_p`` for two logit sides; derivatives ``q - p`` and
+  ``-p (log q + H)``."""
+
+  empty = staticmethod(_pair_empty)
+
+  @staticmethod
+  def stats(cx):
+    return _pair_stats(cx, kl=False)
+
+  @staticmethod
+  def reduce(s, ops):
+    return _pair_reduce(s, ops, kl=False)
+
+  @staticmethod
+  def value(cx, s, _):
+    h = B.log_norm(s.q) - s.a / (1 + s.p.t)
+    return _pair_edges(s.p, s.q, jnp.where(s.hit > 0, jnp.inf, h))
+
+  @staticmethod
+  def grad(cx, s, _):
+    lp, lq = B.log_probs(cx.z("p"), s.p), B.log_probs(cx.z("q"), s.q)
+    out = {}
+    if cx.wants("q"):
+      out["q"] = B.prob_diff(lp, lq)
+    if cx.wants("p"):
+      h = fz(CE.value(cx, s, None))[:, None]
+      lq0 = jnp.where(lq <= -B.big(lq.dtype), jnp.zeros_like(lq), lq)  # log q as 0 where q = 0
+      out["p"] = -B.weighted(B.log_probs(cx.z("p"), s.p), lq0 + h)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# A probability target p (used as given: NaN where negative, 0 where excluded) and logits
+# q: two passes, the log-normaliser of q, then the terms with the final log q.
+# ---------------------------------------------------------------------------
+
+
+class _QStats(NamedTuple):
+  q: B.Lse
+
+
+def _q_reduce(s, ops):
+  (m,) = ops.max((s.q.m,))
+  return _QStats(_lse_from((m,), ops.sum(_lse_reduce((m,), (s.q,), ops)))[0])
+
+
+def _soft_terms(cx, s):
+  p = cx.probs("p")
+  lq = B.log_probs(cx.z("q"), s.q)
+  return p, lq
+
+
+class Soft:
+  """``H(p, q) = -sum p log q`` (``kind`` "ce") or ``KL(p || q)`` ("kl") for probabilities
+  ``p``; derivatives ``q sum(p) - p`` in the logits of ``q``, and ``-log q`` or
+  ``log p + 1 - log q`` in ``p`` (``log q`` and ``log p + 1`` taken as 0 where 0)."""
+
+  @staticmethod
+  def empty(cx):
+    return _QStats(B.lse_empty(cx.rows.size, cx.dtype))
+
+  @staticmethod
+  def stats(cx):
+    return _QStats(B.lse_block(cx.z("q")))
+
+  reduce = staticmethod(_q_reduce)
+
+  @staticmethod
+  def second(cx, s):
+    p, lq = _soft_terms(cx, s)
+    q_zero = lq <= -B.big(lq.dtype)
+    lq_safe = jnp.where(q_zero, jnp.zeros_like(lq), lq)
+    if cx.flag("kind") == "kl":
+      log_p, p_zero = jnp.log(jnp.where(p == 0, jnp.ones_like(p), p)), p == 0
+      terms = _numerics.rel_entr(p, p_zero, log_p, lq_safe, q_zero)
+    else:
+      terms = -_numerics.xlogy(p, p == 0, lq_safe, q_zero)
+    return jnp.sum(terms, axis=-1), jnp.sum(p, axis=-1)
+
+  @staticmethod
+  def value(cx, s, sums):
+    return sums[0]
+
+  @staticmethod
+  def grad(cx, s, sums):
+    p, lq = _soft_terms(cx, s)
+    out = {}
+    if cx.wants("q"):
+      out["q"] = B.softmax(cx.z("q"), s.q) * sums[1][:, None] - p
+    if cx.wants("p"):
+      lq_safe = jnp.where(lq <= -B.big(lq.dtype), jnp.zeros_like(lq), lq)
+      if cx.flag("kind") == "kl":
+        log_p1 = jnp.log(jnp.where(p == 0, jnp.ones_like(p), p)) + 1
+        out["p"] = jnp.where(p == 0, jnp.zeros_like(p), log_p1) - lq_safe
+      else:
+        out["p"] = -lq_safe
+      out["p"] = out["p"] + 0 * sums[1][:, None]  # a negative p makes the row's gradient NaN
     return out
 
 
@@ -252,30 +368,47 @@ class KL:
 # ---------------------------------------------------------------------------
 
 
-def _mixture(pb: Problem, rows, cols, stats):
-  """Both sides' blocks, their log-probabilities and, with a mixture weight, ``log m``."""
-  mp, tp, mq, tq = stats[:4]
-  bp, bq = pb.block("p", rows, cols), pb.block("q", rows, cols)
-  lp, lq = B.log_probs(bp.z, B.Lse(mp, tp)), B.log_probs(bq.z, B.Lse(mq, tq))
+class _Norms(NamedTuple):
+  p: B.Lse
+  q: B.Lse
+
+
+def _norms_empty(cx):
+  return _Norms(B.lse_empty(cx.rows.size, cx.dtype), B.lse_empty(cx.rows.size, cx.dtype))
+
+
+def _norms_stats(cx):
+  return _Norms(B.lse_block(cx.z("p")), B.lse_block(cx.z("q")))
+
+
+def _norms_reduce(s, ops):
+  ms = ops.max((s.p.m, s.q.m))
+  return _Norms(*_lse_from(ms, ops.sum(_lse_reduce(ms, (s.p, s.q), ops))))
+
+
+def _mixture(cx, s: _Norms):
+  """Both sides' clamped log-probabilities and, with a mixture weight, ``log m``: formed
+  anew (own row statistics) by every pass that calls it."""
+  lp, lq = B.log_probs(cx.z("p"), s.p), B.log_probs(cx.z("q"), s.q)
   lm = None
-  if "mix" in pb.opts:
-    a = pb.opts["mix"]
-    lm = jnp.logaddexp(jnp.log(a) + lp, jnp.log1p(-a) + lq)
-  return bp, bq, lp, lq, lm
+  if cx.has_opt("mix"):
+    a = cx.opt("mix")
+    lm = B.log_mix(B.clamp(jnp.log(a)), lp, B.clamp(jnp.log1p(-a)), lq)
+  return lp, lq, lm
 
 
-def _second_pass(pb: Problem, rows, norms, terms, num):
-  """Sums over the vocabulary of ``terms(block stats) -> tuple of [n, c]`` arrays."""
-  stats = tuple(x for s in norms for x in s)
-
-  def body(cols, acc):
-    parts = terms(_mixture(pb, rows, cols, stats))
-    return tuple(a + jnp.sum(x, axis=-1) for a, x in zip(acc, parts, strict=True))
-
-  return stats + pb.over_vocab(body, (jnp.zeros((rows.size,), pb.dtype),) * num)
+def _sums(cx, s, *terms):
+  """``sum_v term(lp, lq, lm)`` for each term, one pass each."""
+  return tuple(jnp.sum(term(*_mixture(cx, s)), axis=-1) for term in terms)
 
 
-class JensenShannon:
+class _TwoPass:
+  empty = staticmethod(_norms_empty)
+  stats = staticmethod(_norms_stats)
+  reduce = staticmethod(_norms_reduce)
+
+
+class JensenShannon(_TwoPass):
   r"""``w KL(p || m) + (1 - w) KL(q || m)`` with ``m = w p + (1 - w) q``.
 
   Derivatives ``w p ((log p - log m) - KL(p||m))``, ``(1 - w) q ((log q - log m) - KL(q||m))``
@@ -283,41 +416,41 @@ class JensenShannon:
   """
 
   @staticmethod
-  def stats(pb: Problem, st: Static, rows: B.Range):
-    def terms(mix):
-      _, _, lp, lq, lm = mix
-      return B.weighted(lp, lp - lm), B.weighted(lq, lq - lm)
-
-    return _second_pass(pb, rows, pb.norms(rows), terms, 2)
+  def second(cx, s):
+    return _sums(
+      cx, s, lambda lp, lq, lm: B.weighted(lp, lp - lm), lambda lp, lq, lm: B.weighted(lq, lq - lm)
+    )
 
   @staticmethod
-  def value(pb: Problem, st: Static, stats):
-    kl_pm, kl_qm = stats[4:]
-    w = pb.opts["mix"]
-    loss = _zero_unless(w != 0, w * kl_pm) + _zero_unless(w != 1, (1 - w) * kl_qm)
-    return _pair_edges(pb, stats, loss)
+  def value(cx, s, sums):
+    kl_pm, kl_qm = sums
+    w = cx.opt("mix")
+    loss = B.zero_unless(w != 0, w * kl_pm) + B.zero_unless(w != 1, (1 - w) * kl_qm)
+    return _pair_edges(s.p, s.q, loss)
 
   @staticmethod
-  def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
-    kl_pm, kl_qm = stats[4:]
-    bp, bq, lp, lq, lm = _mixture(pb, rows, cols, stats)
-    w = pb.opts["mix"]
+  def grad(cx, s, sums):
+    kl_pm, kl_qm = sums
+    lp, lq, lm = _mixture(cx, s)
+    w = cx.opt("mix")
     out = {}
-    if "p" in needs:
-      coef = B.weighted(lp, (lp - lm) - kl_pm[:, None])
-      out["p"] = (_zero_unless(w != 0, g[:, None] * w * coef), bp)
-    if "q" in needs:
-      coef = B.weighted(lq, (lq - lm) - kl_qm[:, None])
-      out["q"] = (_zero_unless(w != 1, g[:, None] * (1 - w) * coef), bq)
+    if cx.wants("p"):
+      out["p"] = B.zero_unless(w != 0, w * B.weighted(lp, (lp - lm) - kl_pm[:, None]))
+    if cx.wants("q"):
+      out["q"] = B.zero_unless(w != 1, (1 - w) * B.weighted(lq, (lq - lm) - kl_qm[:, None]))
     return out
 
   @staticmethod
-  def dmix(pb: Problem, st: Static, stats, g):
-    kl_pm, kl_qm = stats[4:]
-    return jnp.sum(g * (kl_pm - kl_qm))
+  def extra(cx, s, sums):
+    return {"mix": sums[0] - sums[1]}
 
 
-class SkewKL:
+def _ratio(lp, lm):
+  """``p / m`` (only ever weighted by ``p`` or ``q``, so its value where both are 0 is moot)."""
+  return jnp.exp(lp - lm)
+
+
+class SkewKL(_TwoPass):
   r"""``KL(p || m)`` with ``m = a p + (1 - a) q``, ``r = p / m``, ``R = sum p r``, ``Q = sum q r``.
 
   Derivatives ``p ((log p - log m - SKL) - a (r - R))``, ``(1 - a) q (Q - r)`` and, in
@@ -325,227 +458,202 @@ class SkewKL:
   """
 
   @staticmethod
-  def stats(pb: Problem, st: Static, rows: B.Range):
-    def terms(mix):
-      _, _, lp, lq, lm = mix
-      r = _ratio(lp, lm)
-      return B.weighted(lp, lp - lm), B.weighted(lp, r), B.weighted(lq, r)
-
-    return _second_pass(pb, rows, pb.norms(rows), terms, 3)
-
-  @staticmethod
-  def value(pb: Problem, st: Static, stats):
-    return _pair_edges(pb, stats, stats[4])
+  def second(cx, s):
+    return _sums(
+      cx,
+      s,
+      lambda lp, lq, lm: B.weighted(lp, lp - lm),
+      lambda lp, lq, lm: B.weighted(lp, _ratio(lp, lm)),
+      lambda lp, lq, lm: B.weighted(lq, _ratio(lp, lm)),
+    )
 
   @staticmethod
-  def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
-    skl, big_r, big_q = stats[4:]
-    bp, bq, lp, lq, lm = _mixture(pb, rows, cols, stats)
-    a = pb.opts["mix"]
+  def value(cx, s, sums):
+    return _pair_edges(s.p, s.q, sums[0])
+
+  @staticmethod
+  def grad(cx, s, sums):
+    skl, big_r, big_q = sums
+    lp, lq, lm = _mixture(cx, s)
+    a = cx.opt("mix")
     r = _ratio(lp, lm)
     out = {}
-    if "p" in needs:
+    if cx.wants("p"):
       inner = ((lp - lm) - skl[:, None]) - a * (r - big_r[:, None])
-      out["p"] = (g[:, None] * B.weighted(lp, inner), bp)
-    if "q" in needs:
-      out["q"] = (g[:, None] * (1 - a) * B.weighted(lq, big_q[:, None] - r), bq)
+      out["p"] = B.weighted(lp, inner)
+    if cx.wants("q"):
+      out["q"] = (1 - a) * B.weighted(lq, big_q[:, None] - r)
     return out
 
   @staticmethod
-  def dmix(pb: Problem, st: Static, stats, g):
-    _, big_r, big_q = stats[4:]
-    return jnp.sum(g * (big_q - big_r))
+  def extra(cx, s, sums):
+    return {"mix": sums[2] - sums[1]}
 
 
-def _ratio(lp, lm):
-  """``p / m`` (0 where ``p`` is 0)."""
-  return jnp.where(lp == -jnp.inf, jnp.zeros_like(lp), jnp.exp(lp - lm))
-
-
-class TotalVariation:
+class TotalVariation(_TwoPass):
   r"""``1/2 sum |p - q|``; with ``s = sign(p - q) / 2``, ``S_p = sum p s`` and ``S_q = sum q s``,
   the derivatives are ``p (s - S_p)`` and ``-q (s - S_q)`` (the derivative of ``|x|`` at 0
   taken as 0)."""
 
   @staticmethod
-  def stats(pb: Problem, st: Static, rows: B.Range):
-    def terms(mix):
-      _, _, lp, lq, _ = mix
-      d = B.prob_diff(lq, lp)  # p - q
-      s = 0.5 * jnp.sign(d)
-      return 0.5 * jnp.abs(d), B.weighted(lp, s), B.weighted(lq, s)
+  def second(cx, s):
+    def sign(lp, lq):
+      return 0.5 * jnp.sign(B.prob_diff(lq, lp))  # of p - q
 
-    return _second_pass(pb, rows, pb.norms(rows), terms, 3)
+    return _sums(
+      cx,
+      s,
+      lambda lp, lq, lm: 0.5 * jnp.abs(B.prob_diff(lq, lp)),
+      lambda lp, lq, lm: B.weighted(lp, sign(lp, lq)),
+      lambda lp, lq, lm: B.weighted(lq, sign(lp, lq)),
+    )
 
   @staticmethod
-  def value(pb: Problem, st: Static, stats):
-    return _pair_edges(pb, stats, stats[4])
+  def value(cx, s, sums):
+    return _pair_edges(s.p, s.q, sums[0])
 
   @staticmethod
-  def dlogits(pb: Problem, st: Static, rows: B.Range, cols: B.Range, stats, g, needs):
-    _, s_p, s_q = stats[4:]
-    bp, bq, lp, lq, _ = _mixture(pb, rows, cols, stats)
-    s = 0.5 * jnp.sign(B.prob_diff(lq, lp))
+  def grad(cx, s, sums):
+    _, s_p, s_q = sums
+    lp, lq, _ = _mixture(cx, s)
+    sign = 0.5 * jnp.sign(B.prob_diff(lq, lp))
     out = {}
-    if "p" in needs:
-      out["p"] = (g[:, None] * B.weighted(lp, s - s_p[:, None]), bp)
-    if "q" in needs:
-      out["q"] = (-g[:, None] * B.weighted(lq, s - s_q[:, None]), bq)
+    if cx.wants("p"):
+      out["p"] = B.weighted(lp, sign - s_p[:, None])
+    if cx.wants("q"):
+      out["q"] = -B.weighted(lq, sign - s_q[:, None])
     return out
 
 
 # ---------------------------------------------------------------------------
-# The custom-VJP driver, shared by every loss
+# A stored (sparse) side: indices [n, k] with log-probabilities [n, k]. The dense side is
+# coarse-grained onto the same cells (the listed categories, and for tail="residual" one
+# cell holding the rest), and the divergence of the cells is the core family's own
+# formula (jaxdiv._inputs.sparse_cells, then the function of the family on them). Its
+# derivative with respect to the dense side's logits is the cells' derivative lifted
+# back: with u the cells' log-probabilities and g = dD/du,
+#   dD/dz_v = g_v (v listed) + [v unlisted] (q_v / q_rest) g_rest - q_v sum_c g_c.
 # ---------------------------------------------------------------------------
 
-_SIDE_KEYS = (("p", "hidden"), ("p", "weight"), ("p", "logits"))
-_SIDE_KEYS += (("q", "hidden"), ("q", "weight"), ("q", "logits"))
+
+class SparseStats(NamedTuple):
+  lse: B.Lse  # the dense side's log-normaliser
+  listed: Array  # [n, k] the dense side's logits at the listed categories (-inf elsewhere)
+  kept: Array  # [n, k] 1 where a listed category is included, 0 excluded, -inf elsewhere
+  rest: B.Lse  # the log-normaliser of the unlisted categories ("residual" only)
 
 
-def _problem(st: Static, arrays, labels, where, opts) -> Problem:
-  present = [x for x in arrays if x is not None]
-  dtype = _numerics.compute_dtype(jnp.result_type(*present))
-
-  def side(h, w, z):
-    if h is None and z is None:
-      return None
-    return B.Side(None if h is None else h.astype(dtype), w, z)
-
-  opts = {k: jnp.asarray(v).astype(dtype) for k, v in opts.items()}
-  head = B.Head(
-    opts.pop("soft_cap") if st.soft_cap else None,
-    opts.pop("temperature") if st.temperature else None,
-  )
-  q = side(*arrays[3:])
-  num_v = q.weight.shape[1] if q.logits is None else q.logits.shape[1]
-  return Problem(side(*arrays[:3]), q, head, where, labels, opts, dtype, num_v, st.vocab_chunk)
+# The family's formulas on the cells' distributions.
+CELL_LOSSES = {
+  "kl": lambda dp, dq, mix: _kl.kl_of(dp, dq),
+  "ce": lambda dp, dq, mix: _kl.cross_entropy_of(dp, dq),
+  "jsd": lambda dp, dq, mix: _f_divergences.jensen_shannon_of(dp, dq, mix),
+  "skew_kl": lambda dp, dq, mix: _f_divergences.skew_kl_of(dp, dq, mix),
+  "tv": lambda dp, dq, mix: _f_divergences.total_variation_of(dp, dq),
+}
 
 
-def _num_rows(pb: Problem) -> int:
-  return (pb.q.hidden if pb.q.hidden is not None else pb.q.logits).shape[0]
+class Sparse:
+  """A divergence between a stored side (``flag("stored")``: ``"p"`` or ``"q"``) and a
+  dense one, on the cells of ``flag("tail")``; the loss is ``flag("cells")`` of
+  :data:`CELL_LOSSES`."""
 
+  @staticmethod
+  def _local(cx):
+    idx, ok = cx.row("indices"), cx.row("slot_ok")
+    return jnp.where(ok, idx - cx.offset - cx.cols.start, -1)
 
-def _forward(st: Static, pb: Problem):
-  """Per-row loss and the O(N) statistics the backward pass needs."""
-  num_rows = _num_rows(pb)
+  @staticmethod
+  def empty(cx):
+    n, k, dt = cx.rows.size, cx.row("indices").shape[1], cx.dtype
+    none = jnp.full((n, k), -jnp.inf, dt)
+    return SparseStats(B.lse_empty(n, dt), none, none, B.lse_empty(n, dt))
 
-  def rows(rr, out):
-    stats = st.loss.stats(pb, st, rr)
-    if out is None:
-      return stats
-    if rr.valid is not None:  # a shifted last block keeps the rows written before
-      old = [lax.dynamic_slice_in_dim(o, rr.start, rr.size) for o in out]
-      stats = tuple(jnp.where(rr.valid, x, o) for x, o in zip(stats, old, strict=True))
-    pairs = zip(out, stats, strict=True)
-    return tuple(lax.dynamic_update_slice_in_dim(o, x, rr.start, 0) for o, x in pairs)
+  @staticmethod
+  def stats(cx):
+    z = cx.z(cx.side)
+    local = Sparse._local(cx)
+    listed = B.pick(z, local)
+    kept = jnp.zeros_like(listed)
+    if cx.masked:
+      kept = B.pick(jnp.broadcast_to(cx.keep, z.shape).astype(z.dtype), local)
+    rest = B.lse_empty(z.shape[0], z.dtype)
+    if cx.flag("tail") == "residual":
+      rest = B.lse_block(z + Sparse._unlisted(z, local))
+    return SparseStats(B.lse_block(z), listed, kept, rest)
 
-  if st.token_chunk >= num_rows:
-    stats = rows(B.Range(0, num_rows, None), None)
-  else:
-    shapes = jax.eval_shape(lambda: st.loss.stats(pb, st, B.Range(0, st.token_chunk, None)))
-    init = tuple(jnp.zeros((num_rows,), s.dtype) for s in shapes)
-    stats = B.loop(num_rows, st.token_chunk, rows, init)
-  return st.loss.value(pb, st, stats), stats
+  @staticmethod
+  def _unlisted(z, local):
+    """0 at the unlisted categories of the block and ``-inf`` at the listed ones."""
+    return B.scatter(z.shape, local, jnp.full(local.shape, -jnp.inf, z.dtype))
 
+  @staticmethod
+  def reduce(s, ops):
+    m, listed, kept, m_rest = ops.max((s.lse.m, s.listed, s.kept, s.rest.m))
+    sums = ops.sum(_lse_reduce((m, m_rest), (s.lse, s.rest), ops))
+    lse, rest = _lse_from((m, m_rest), sums)
+    return SparseStats(lse, listed, kept, rest)
 
-def _backward(st: Static, pb: Problem, stats, g, needs):
-  """Cotangents of the per-row loss, recomputing one block of logits at a time."""
-  num_rows = _num_rows(pb)
-  dtype = pb.dtype
-  g = g.astype(dtype)
-  sides = {"p": pb.p, "q": pb.q}
-  keys = sorted(k for k in needs if k[0] != "opt")  # e.g. ("q", "hidden")
-  need_sides = {k[0] for k in keys}
+  @staticmethod
+  def _cells(cx, s):
+    """``(loss [n], vjp)`` of the cell loss in the dense cells' log-probabilities ``u``,
+    the stored log-probabilities and the mixture weight."""
+    slot_ok = cx.row("slot_ok")
+    if cx.masked:  # a listed category that is excluded is padding
+      slot_ok = slot_ok & (s.kept != 0)
+    lq_listed = (s.listed - fz(s.lse.m)[:, None]) - fz(B.log_norm(s.lse))[:, None]
+    lq_listed = jnp.where(s.listed == -jnp.inf, jnp.full_like(lq_listed, -jnp.inf), lq_listed)
+    lq_rest = (s.rest.m - fz(s.lse.m)) + (B.log_norm(s.rest) - B.log_norm(s.lse))
+    lq_rest = jnp.where(s.rest.m == -jnp.inf, jnp.full_like(lq_rest, -jnp.inf), lq_rest)
+    tail, stored = cx.flag("tail"), cx.flag("stored")
+    loss_fn = CELL_LOSSES[cx.flag("cells")]
+    # a weight per row, so that its derivative is one per row
+    mix = cx.opt("mix") if cx.has_opt("mix") else jnp.zeros((), cx.dtype)
+    mix = jnp.broadcast_to(mix, (cx.rows.size, 1))
 
-  def init(name, part):
-    s = sides[name]
-    if part == "hidden":
-      return jnp.zeros(s.hidden.shape, dtype)
-    if part == "weight":
-      return jnp.zeros(s.weight.shape, dtype)
-    return jnp.zeros(s.logits.shape, s.logits.dtype)
+    def cell_loss(log_probs, u_listed, u_rest, mix):
+      ds, dd = _inputs.sparse_cells(tail, log_probs, slot_ok, u_listed, u_rest)
+      dp, dq = (ds, dd) if stored == "p" else (dd, ds)
+      return loss_fn(dp, dq, mix)
 
-  acc = {k: init(*k) for k in keys}
+    log_probs = cx.row("log_probs")
+    loss, vjp = jax.vjp(cell_loss, log_probs, lq_listed, lq_rest, mix)
+    bad = cx.row("invalid")  # out-of-range or duplicated listed categories
+    empty = s.lse.m == -jnp.inf  # no possible category on the dense side
+    loss = jnp.where(bad | empty, jnp.full_like(loss, jnp.nan), loss)
+    if cx.row_included is not None:  # a fully excluded row is 0
+      loss = jnp.where(cx.row_included, loss, jnp.zeros_like(loss))
+    return loss, vjp
 
-  # Every update is additive, so that a shifted last block (rows or categories it shares
-  # with the previous block left out: zero cotangent, -inf logits) adds exactly zero there.
-  def rows(rr, acc):
-    n = rr.size
-    gr = lax.dynamic_slice_in_dim(g, rr.start, n)
-    if rr.valid is not None:
-      gr = jnp.where(rr.valid, gr, jnp.zeros_like(gr))
-    st_r = tuple(lax.dynamic_slice_in_dim(x, rr.start, n) for x in stats)
-    dh = {k: jnp.zeros((n, sides[k[0]].hidden.shape[1]), dtype) for k in keys if k[1] == "hidden"}
+  @staticmethod
+  def value(cx, s, _):
+    return Sparse._cells(cx, s)[0]
 
-    def body(cc, carry):
-      acc, dh = carry
-      dz = st.loss.dlogits(pb, st, rr, cc, st_r, gr, need_sides)
-      dz = {k: B.head_derivative(pb.head, blk, d) for k, (d, blk) in dz.items()}
-      acc, dh = dict(acc), dict(dh)
-      r0, v0, c = rr.start, cc.start, cc.size
-      for k in keys:
-        name, part = k
-        s = sides[name]
-        if part == "logits":
-          old = lax.dynamic_slice(acc[k], (r0, v0), (n, c))
-          upd = old + dz[name].astype(s.logits.dtype)
-          acc[k] = lax.dynamic_update_slice(acc[k], upd, (r0, v0))
-        elif part == "hidden":
-          w_blk = lax.dynamic_slice_in_dim(s.weight, v0, c, 1).astype(dtype)
-          dh[k] = dh[k] + jnp.dot(dz[name], w_blk.T, preferred_element_type=dtype)
-        else:
-          h_blk = lax.dynamic_slice_in_dim(s.hidden, r0, n, 0)
-          old = lax.dynamic_slice(acc[k], (0, v0), (s.weight.shape[0], c))
-          upd = old + jnp.dot(h_blk.T, dz[name], preferred_element_type=dtype)
-          acc[k] = lax.dynamic_update_slice(acc[k], upd, (0, v0))
-      return acc, dh
+  @staticmethod
+  def _cell_grads(cx, s):
+    loss, vjp = Sparse._cells(cx, s)
+    return vjp(jnp.ones_like(loss))
 
-    acc, dh = pb.over_vocab(body, (acc, dh))
-    acc = dict(acc)
-    for k, v in dh.items():
-      old = lax.dynamic_slice_in_dim(acc[k], rr.start, n, 0)
-      acc[k] = lax.dynamic_update_slice_in_dim(acc[k], old + v, rr.start, 0)
-    return acc
+  @staticmethod
+  def grad(cx, s, _):
+    dense = cx.side
+    if not cx.wants(dense):
+      return {}
+    _, g_listed, g_rest, _ = Sparse._cell_grads(cx, s)
+    z = cx.z(dense)
+    local = Sparse._local(cx)
+    total = jnp.sum(g_listed, axis=-1) + g_rest
+    dz = -B.softmax(z, s.lse) * total[:, None]
+    if cx.flag("tail") == "residual":  # q_v / q_rest on the unlisted categories
+      dz = dz + B.softmax(z + Sparse._unlisted(z, local), s.rest) * g_rest[:, None]
+    rows = jnp.arange(z.shape[0])[:, None]
+    cols = jnp.where((local >= 0) & (local < z.shape[1]), local, z.shape[1])
+    return {dense: dz.at[rows, cols].add(g_listed, mode="drop")}
 
-  acc = B.loop(num_rows, st.token_chunk, rows, acc) if keys else {}
-  dmix = None
-  if ("opt", "mix") in needs:
-    dmix = st.loss.dmix(pb, st, stats, g)
-  return acc, dmix
-
-
-def _impl(st, arrays, labels, where, opts):
-  return _forward(st, _problem(st, arrays, labels, where, opts))[0]
-
-
-def _fwd(st, arrays, labels, where, opts):
-  pairs = zip(_SIDE_KEYS, arrays, strict=True)
-  needs = {k: None for k, a in pairs if a is not None and a.perturbed}
-  if "mix" in opts and opts["mix"].perturbed:
-    needs["opt", "mix"] = None
-  unwrap = lambda a: None if a is None else a.value  # noqa: E731
-  arrays = tuple(unwrap(a) for a in arrays)
-  labels, where = unwrap(labels), unwrap(where)
-  opts = {k: v.value for k, v in opts.items()}
-  loss, stats = _forward(st, _problem(st, arrays, labels, where, opts))
-  return loss, (arrays, labels, where, opts, stats, needs)
-
-
-def _bwd(st, res, g):
-  arrays, labels, where, opts, stats, needs = res
-  pb = _problem(st, arrays, labels, where, opts)
-  acc, dmix = _backward(st, pb, stats, g, needs)
-  d_arrays = tuple(
-    acc[k].astype(a.dtype) if k in acc else None for k, a in zip(_SIDE_KEYS, arrays, strict=True)
-  )
-  d_opts = {k: None for k in opts}
-  if dmix is not None:
-    d_opts["mix"] = dmix.astype(opts["mix"].dtype)
-  return d_arrays, None, None, d_opts
-
-
-_fused_vjp = jax.custom_vjp(_impl, nondiff_argnums=(0,))
-_fused_vjp.defvjp(_fwd, _bwd, symbolic_zeros=True)
-# Jitted, so that a call outside jit compiles the loops once per configuration instead of
-# dispatching them primitive by primitive.
-fused = jax.jit(_fused_vjp, static_argnums=0)
+  @staticmethod
+  def extra(cx, s, _):
+    g_log_probs, _, _, g_mix = Sparse._cell_grads(cx, s)
+    out = {"log_probs": g_log_probs}
+    if cx.has_opt("mix"):
+      out["mix"] = g_mix[:, 0]
+    return out

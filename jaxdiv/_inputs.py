@@ -307,6 +307,107 @@ def label_mask(labels: Array, num_categories: int, where: Array | None):
   return ignored, out_of_range, index
 
 
+# ---------------------------------------------------------------------------
+# A stored (sparse) distribution: the log-probabilities of some categories
+# ---------------------------------------------------------------------------
+
+TAILS = ("residual", "renormalize", "truncate")
+
+
+class Sparse(NamedTuple):
+  """A distribution stored as ``indices [..., k]`` with their ``log_probs [..., k]``."""
+
+  indices: Array  # integer categories
+  log_probs: Array  # the categories' log-probabilities under the full distribution
+  slot_ok: Array  # [..., k] bool: a slot that lists a category (not padding, in range)
+  invalid: Array  # [...] bool: a row that is not a distribution (see :func:`sparse`)
+
+
+def check_tail(fn: str, tail) -> str:
+  if tail not in TAILS:
+    raise ValueError(f"{fn}: `tail` must be one of {', '.join(map(repr, TAILS))}; got {tail!r}.")
+  return tail
+
+
+def sparse_tolerance(dtype) -> float:
+  """How far above 1 the listed mass of a row may be by round-off: ``max(1e-6, eps)`` of
+  the stored log-probabilities' dtype (bfloat16 rounds each one by up to 2^-8)."""
+  return max(1e-6, float(jnp.finfo(dtype).eps))
+
+
+def sparse(fn: str, role: str, indices, log_probs, num_v: int, names=None) -> Sparse | None:
+  """Check a stored side given as ``{role}_indices`` and ``{role}_log_probs`` (or ``names``).
+
+  A slot whose log-probability is ``-inf`` is padding, whatever its index. A row is
+  ``invalid`` (its results NaN, an error under :func:`jaxdiv.checked`) where a slot with a
+  finite log-probability has an index outside ``[0, num_v)`` (JAX's gather would clamp
+  it), where two such slots list the same category, where a log-probability is NaN or
+  positive, or where the listed mass exceeds 1 by more than :func:`sparse_tolerance`.
+  """
+  i_name, l_name = names or (f"{role}_indices", f"{role}_log_probs")
+  if indices is None and log_probs is None:
+    return None
+  if indices is None or log_probs is None:
+    given, missing = (i_name, l_name) if log_probs is None else (l_name, i_name)
+    raise ValueError(
+      f"{fn}: `{given}` needs `{missing}` (a stored distribution is the categories "
+      f"`{i_name}` with their log-probabilities `{l_name}`)."
+    )
+  idx, lp = jnp.asarray(indices), jnp.asarray(log_probs)
+  if not jnp.issubdtype(idx.dtype, jnp.integer) or idx.dtype == jnp.bool_:
+    raise TypeError(f"{fn}: `{i_name}` must be an integer array, got dtype {idx.dtype}.")
+  if not jnp.issubdtype(lp.dtype, jnp.floating):
+    raise TypeError(f"{fn}: `{l_name}` must be a floating-point array, got dtype {lp.dtype}.")
+  if idx.ndim < 1 or idx.shape != lp.shape:
+    raise ValueError(
+      f"{fn}: `{i_name}` and `{l_name}` must have the same shape [..., k] (k stored "
+      f"categories per row); got {idx.shape} and {lp.shape}."
+    )
+  padding = lp == -jnp.inf
+  in_range = (idx >= 0) & (idx < num_v)
+  slot_ok = ~padding & in_range
+  # duplicates among the listed slots: sort, with distinct stand-ins for padding
+  k = idx.shape[-1]
+  key = jnp.where(padding, -1 - jnp.arange(k, dtype=idx.dtype), idx)
+  key = jnp.sort(key, axis=-1)
+  dup = jnp.any(key[..., 1:] == key[..., :-1], axis=-1) if k > 1 else jnp.zeros(idx.shape[:-1], bool)
+  up = lp.astype(_numerics.compute_dtype(lp.dtype))
+  mass = _numerics.logsumexp(jnp.where(padding, -jnp.inf, up))
+  too_much = mass > jnp.log1p(jnp.asarray(sparse_tolerance(lp.dtype), up.dtype))
+  bad_lp = jnp.any(jnp.isnan(lp) | (lp > 0), axis=-1)
+  invalid = jnp.any(~padding & ~in_range, axis=-1) | dup | too_much | bad_lp
+  return Sparse(idx, lp, slot_ok, invalid)
+
+
+def sparse_cells(tail: str, log_probs, slot_ok, dense_listed, dense_rest):
+  """The stored and the dense distribution coarse-grained onto the same cells, as Dists.
+
+  ``log_probs`` are the stored log-probabilities ``[n, k]``, ``slot_ok`` the slots that
+  count; ``dense_listed`` the dense side's log-probabilities at those categories (``-inf``
+  elsewhere) and ``dense_rest`` the log of its mass on every other category (``[n]``,
+  formed from its log-normaliser by the caller). The cells are the listed categories and,
+  for ``"residual"``, one more holding the rest of each distribution's mass (the stored
+  side's ``1 - sum``, exactly 0 when the listed mass reaches 1 by round-off). For
+  ``"renormalize"`` both are restricted to the listed categories and renormalised; for
+  ``"truncate"`` the listed cells are kept as they are (not distributions).
+  """
+  lp = jnp.where(slot_ok, log_probs, jnp.full_like(log_probs, -jnp.inf))
+  lq = jnp.where(slot_ok, dense_listed, jnp.full_like(dense_listed, -jnp.inf))
+  if tail == "renormalize":
+    stored = _numerics.log_softmax(lp, slot_ok)
+    dense = _numerics.log_softmax(lq, slot_ok)  # no mass on any listed category: NaN
+  elif tail == "truncate":
+    stored, dense = lp, lq
+  else:
+    mass = _numerics.logsumexp(lp)
+    some = mass < 0  # listed mass above 1 by round-off leaves exactly nothing
+    rest = jnp.log(-jnp.expm1(jnp.where(some, mass, -jnp.ones_like(mass))))
+    rest = jnp.where(some, rest, jnp.full_like(rest, -jnp.inf))
+    stored = jnp.concatenate([lp, rest[..., None]], axis=-1)
+    dense = jnp.concatenate([lq, dense_rest[..., None]], axis=-1)
+  return Dist(*_numerics.prob_triple(stored)), Dist(*_numerics.prob_triple(dense))
+
+
 def as_float(fn: str, name: str, x) -> Array:
   """An elementwise float input (binary and closed-form families): ints promoted."""
   x = jnp.asarray(x)

@@ -204,9 +204,13 @@ def cross_entropy(
   elif qs.kind == "logits":
     h = _kernels.soft_ce_from_logits(ps.value, qs.value, a.where)
   else:
-    dp, dq = _inputs.dist(ps, a.where), _inputs.dist(qs, a.where)
-    h = _numerics.neg_sum(_numerics.xlogy(dp.prob, dp.zero, dq.log_prob, dq.zero))
+    h = cross_entropy_of(_inputs.dist(ps, a.where), _inputs.dist(qs, a.where))
   return _inputs.apply_base(h, base)
+
+
+def cross_entropy_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
+  """:math:`H(p, q)` of two resolved distributions (categories last)."""
+  return _numerics.neg_sum(_numerics.xlogy(dp.prob, dp.zero, dq.log_prob, dq.zero))
 
 
 @_api.public
@@ -285,10 +289,14 @@ def kl_divergence(
   elif qs.kind == "logits":
     d = _kernels.soft_kl_from_logits(ps.value, qs.value, a.where)
   else:
-    dp, dq = _inputs.dist(ps, a.where), _inputs.dist(qs, a.where)
-    terms = _numerics.rel_entr(dp.prob, dp.zero, dp.log_prob, dq.log_prob, dq.zero)
-    d = jnp.sum(terms, axis=-1)
+    d = kl_of(_inputs.dist(ps, a.where), _inputs.dist(qs, a.where))
   return _inputs.apply_base(d, base)
+
+
+def kl_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
+  r""":math:`\mathrm{KL}(p \| q)` of two resolved distributions (categories last)."""
+  terms = _numerics.rel_entr(dp.prob, dp.zero, dp.log_prob, dq.log_prob, dq.zero)
+  return jnp.sum(terms, axis=-1)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,699 @@
+r"""The drivers of the fused losses: one sweep over blocks, for one device or a mesh.
+
+A fused call is a :class:`Job`: its static configuration (:class:`Static`: the terms of the
+loss, which arrays are present, the blocks, the reduction, the mesh axes) and its arrays.
+The drivers walk the tokens in blocks (:func:`_sweep`) and, for each block of tokens, the
+vocabulary (:func:`_token_block`): they form each side's raw logits, hand them to the loss
+definitions of :mod:`jaxdiv._fused_losses` through a :class:`Ctx`, merge the per-row
+statistics over the vocabulary blocks -- and across the vocabulary shards of a mesh, with
+one ``pmax`` and one ``psum`` per pass, when the sweep runs inside :func:`jax.shard_map`
+-- and form the value and, when asked, the gradients of the differentiated arrays.
+
+Derivatives are a :func:`jax.custom_vjp` with two strategies, chosen at trace time:
+
+* **one sweep** (a ``reduction``, or no weight differentiated): the forward pass forms the
+  value and the gradients together, from the same blocks of logits, and keeps the
+  gradients (the sizes of the inputs) as residuals that the backward pass only scales by
+  the cotangent. With ``reduction=None`` this is possible only while no weight is
+  differentiated: each row's gradient scales by that row's cotangent, but a weight's
+  gradient sums over rows.
+* **recompute** (``reduction=None`` with a weight differentiated): the forward pass keeps
+  per-row statistics only, and the backward pass recomputes each block of logits.
+
+A call that is not differentiated computes the value only. Arrays that are not
+differentiated (a frozen teacher) cost only their forward products.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxdiv import _blocks as B
+from jaxdiv import _numerics
+
+Array = jax.Array
+
+# The blocks of logits of a call hold at most this many elements (48 MiB in float32): the whole
+# vocabulary of a block of tokens when at least _MIN_ROWS tokens fit, else _MIN_ROWS tokens
+# by as many categories as fit.
+BLOCK_ELEMENTS = 3 << 22
+_MIN_ROWS = 128
+# The elementwise passes run on row sub-blocks of about this many elements (1 MiB in
+# float32), so that what XLA writes out between passes stays in cache.
+SUB_ELEMENTS = 1 << 18
+
+SIDES = ("p", "q")
+_SIDE_ARRAYS = ("hidden", "weight", "values")
+# The arrays a fused loss may differentiate (options are differentiable where a term says).
+DIFFERENTIABLE = tuple(f"{s}_{a}" for s in SIDES for a in _SIDE_ARRAYS) + ("log_probs",)
+_PER_ROW = ("labels", "indices", "log_probs", "slot_ok", "invalid", "row_mask", "full_mask")
+
+
+class Comp(NamedTuple):
+  """One term of a fused loss (static): ``weight * loss`` with its own logit transform."""
+
+  loss: Any  # a class of jaxdiv._fused_losses
+  sides: tuple  # the dense sides it reads ("p", "q")
+  head: tuple  # option names of its soft cap and temperature (None: none)
+  flags: tuple  # sorted (name, value) pairs
+  opts: tuple  # (name the loss reads, name of the Job's option) pairs
+  weight: str | None = None  # option name of the term's weight (None: 1)
+
+
+class Static(NamedTuple):
+  """The trace-time configuration of a fused call (hashable)."""
+
+  fn: str  # the public function, for messages
+  comps: tuple  # Comp, ...
+  kinds: tuple  # ("head" | "logits" | "probs" | None) for p and q
+  num_rows: int  # N on this device
+  num_v: int  # V of the whole vocabulary
+  local_v: int  # V on this device (num_v / the vocabulary shards)
+  token_block: int
+  vocab_block: int
+  reduction: str | None
+  keys: tuple  # the names of the call's arrays (some None)
+  diff_opts: tuple = ()  # options with a derivative ("mix")
+  vocab_axis: str | None = None
+  data_axis: str | None = None
+
+
+def plan(num_rows: int, num_v: int, chunk_size=None, token_chunk_size=None, sides=1):
+  """``(token_block, vocab_block)``: the given sizes, or sizes chosen from the problem.
+
+  A block of logits is held for each of the ``sides`` dense distributions, all within
+  :data:`BLOCK_ELEMENTS`: the whole vocabulary of a block of tokens when at least
+  ``_MIN_ROWS`` tokens fit (the weight's gradient then takes one ``D x V`` product per
+  block of many tokens), else ``_MIN_ROWS`` tokens by as many categories as fit. Blocks are
+  never larger than the problem, and tokens are split into equal blocks.
+  """
+  n, v = max(num_rows, 1), max(num_v, 1)
+  budget = max(1, BLOCK_ELEMENTS // max(sides, 1))
+  if chunk_size is None and token_chunk_size is None:
+    if min(n, _MIN_ROWS) * v <= budget:
+      chunk_size, token_chunk_size = v, budget // v
+    else:
+      token_chunk_size = _MIN_ROWS
+      chunk_size = budget // _MIN_ROWS
+  elif chunk_size is None:
+    chunk_size = max(1, budget // min(token_chunk_size, n))
+  elif token_chunk_size is None:
+    token_chunk_size = max(1, budget // min(chunk_size, v))
+  chunk_size, token_chunk_size = min(chunk_size, v), min(token_chunk_size, n)
+  blocks = -(-n // token_chunk_size)
+  return -(-n // blocks), chunk_size
+
+
+# ---------------------------------------------------------------------------
+# What a loss definition sees
+# ---------------------------------------------------------------------------
+
+
+class Problem(NamedTuple):
+  """A call's arrays in the compute dtype, on this device."""
+
+  st: Static
+  sides: dict  # "p" / "q" -> B.Side
+  arrays: dict  # per-row data, masks and options
+  dtype: Any
+  offset: Array | int  # the first category of this device's vocabulary shard
+  needs: frozenset  # the differentiated arrays (names of DIFFERENTIABLE and diff_opts)
+
+
+class Ctx:
+  """One term's view of a block of rows (and, inside a sweep, of columns)."""
+
+  def __init__(self, pb: Problem, comp: Comp, rows, cols=None, raws=None, keep=None):
+    self.pb, self.comp, self.rows, self.cols = pb, comp, rows, cols
+    self._raws, self.keep, self._z = raws, keep, {}
+    self.dtype, self.num_v, self.offset = pb.dtype, pb.st.num_v, pb.offset
+    self._opts = dict(comp.opts)
+    self._flags = dict(comp.flags)
+    self.side = comp.sides[0]  # a term that reads one dense side
+    self.masked = "vocab_mask" in pb.arrays or "full_mask" in pb.arrays
+
+  def head(self) -> B.Head:
+    cap, temp = self.comp.head
+    a = self.pb.arrays
+    return B.Head(None if cap is None else a[cap], None if temp is None else a[temp])
+
+  def z(self, side: str) -> Array:
+    """The block's logits of ``side`` after the term's transform, ``-inf`` where excluded."""
+    if side not in self._z:
+      self._z[side] = B.exclude(B.transform(self.head(), self._raws[side]), self.keep)
+    return self._z[side]
+
+  def probs(self, side: str) -> Array:
+    """The block's probabilities of a ``"probs"`` side: NaN where negative, 0 where excluded."""
+    return _numerics.nan_negative(self._raws[side], self.keep)
+
+  def row(self, name: str) -> Array:
+    return B.rows_of(self.pb.arrays[name], self.rows)
+
+  def has_opt(self, name: str) -> bool:
+    return name in self._opts
+
+  def opt(self, name: str) -> Array:
+    return self.pb.arrays[self._opts[name]]
+
+  def flag(self, name: str, default=False):
+    return self._flags.get(name, default)
+
+  def wants(self, side: str) -> bool:
+    return any(f"{side}_{a}" in self.pb.needs for a in _SIDE_ARRAYS)
+
+  def may_vanish(self, side: str) -> bool:
+    """Whether ``side`` can put probability 0 on an included category: logits (``-inf``)
+    can, a linear head's finite logits cannot (a mask excludes a category for both)."""
+    return self.pb.sides[side].kind != "head"
+
+
+# ---------------------------------------------------------------------------
+# One block of tokens
+# ---------------------------------------------------------------------------
+
+
+def _keep(pb: Problem, rows: B.Range, cols: B.Range):
+  """The categories of a block that count: the vocabulary and full masks, and the columns
+  a shifted last block does not repeat. ``None`` where every one counts."""
+  keep = cols.valid
+  vocab = pb.arrays.get("vocab_mask")
+  if vocab is not None:
+    v = lax.dynamic_slice_in_dim(vocab, cols.start, cols.size)
+    keep = v if keep is None else keep & v
+  full = pb.arrays.get("full_mask")
+  if full is not None:
+    f = lax.dynamic_slice(full, (rows.start, cols.start), (rows.size, cols.size))
+    keep = f if keep is None else keep & f
+  return keep
+
+
+def _raws(pb: Problem, rows, cols):
+  """Every side's raw logits (or probabilities) of a block: the products, for a head."""
+  return {s: B.raw_block(pb.sides[s], rows, cols, pb.dtype) for s in pb.sides}
+
+
+def _sub_rows(st: Static, rows: int, cols: int) -> int:
+  """Rows of the sub-blocks the elementwise passes run on: about ``SUB_ELEMENTS``, so
+  that whatever XLA writes out between two passes stays in cache."""
+  return max(1, min(rows, SUB_ELEMENTS // max(cols, 1)))
+
+
+def _each_sub(pb: Problem, rows, cols, raws, body, carry):
+  """``body(ctx_rows, sub, sub_raws, keep, carry)`` over the row sub-blocks of a block.
+
+  ``ctx_rows`` are the sub-block's rows of the problem, ``sub`` the same rows within the
+  block (where its per-row outputs go), ``sub_raws`` the sides' raw logits there (a side
+  in ``carry["raws"]`` is read from the carry: a gradient pass overwrites it in place).
+  """
+  r = _sub_rows(pb.st, rows.size, cols.size)
+
+  def step(sub, carry):
+    ctx_rows = B.Range(rows.start + sub.start, sub.size, None)
+    current = dict(raws, **carry.get("raws", {}))
+    sub_raws = {k: lax.dynamic_slice_in_dim(x, sub.start, sub.size, 0) for k, x in current.items()}
+    return body(ctx_rows, sub, sub_raws, _keep(pb, ctx_rows, cols), carry)
+
+  return B.loop(rows.size, r, step, carry)
+
+
+def _probe(pb: Problem, cols, fn):
+  """The shapes of ``fn(ctx_rows, ctxs)`` on one sub-block (nothing is computed)."""
+  r = _sub_rows(pb.st, pb.st.token_block, cols.size)
+  rows = B.Range(0, r, None)
+
+  def run():
+    raws = {s: jnp.zeros((r, cols.size), pb.dtype) for s in pb.sides}
+    keep = _keep(pb, rows, cols)
+    return fn(rows, [Ctx(pb, c, rows, cols, raws, keep) for c in pb.st.comps])
+
+  return jax.eval_shape(run)
+
+
+def _per_sub(pb: Problem, rows, cols, raws, fn):
+  """``fn(ctx_rows, ctxs)`` (per-row outputs) over the sub-blocks, assembled for the block."""
+  shapes = _probe(pb, cols, fn)
+  bufs = jax.tree.map(lambda x: jnp.zeros((rows.size, *x.shape[1:]), x.dtype), shapes)
+
+  def body(ctx_rows, sub, sub_raws, keep, carry):
+    out = fn(ctx_rows, [Ctx(pb, c, ctx_rows, cols, sub_raws, keep) for c in pb.st.comps])
+    return {"out": jax.tree.map(lambda b, x: B.put_rows(b, x, sub), carry["out"], out)}
+
+  return _each_sub(pb, rows, cols, raws, body, {"out": bufs})["out"]
+
+
+def _reduce_shards(pb: Problem, comp: Comp, s):
+  if pb.st.vocab_axis is None:
+    return s
+  return comp.loss.reduce(s, B.collective(pb.st.vocab_axis))
+
+
+def _sum_shards(pb: Problem, sums):
+  if pb.st.vocab_axis is None:
+    return sums
+  return B.collective(pb.st.vocab_axis).sum(sums)
+
+
+def _over_vocab(pb: Problem, rows, one, fn, merge, init):
+  """``fn(cols, raws)`` over the vocabulary blocks of a block of rows, merged."""
+  if one is not None:
+    return fn(*one)
+
+  def body(cols, acc):
+    return merge(acc, fn(cols, _raws(pb, rows, cols)))
+
+  return B.loop(pb.st.local_v, pb.st.vocab_block, body, init(body))
+
+
+def _first_pass(pb: Problem, rows, one):
+  """Every term's merged first statistics for a block of rows."""
+  comps = pb.st.comps
+
+  def fn(cols, raws):
+    return _per_sub(pb, rows, cols, raws, lambda r, cxs: [c.loss.stats(x) for c, x in zip(comps, cxs, strict=True)])
+
+  def merge(acc, new):
+    return [B.merge(c.loss.reduce, a, b) for c, a, b in zip(comps, acc, new, strict=True)]
+
+  def init(_):
+    return [c.loss.empty(Ctx(pb, c, rows)) for c in comps]
+
+  return _over_vocab(pb, rows, one, fn, merge, init)
+
+
+def _second_pass(pb: Problem, rows, one, first):
+  comps = pb.st.comps
+  has = [hasattr(c.loss, "second") for c in comps]
+  if not any(has):
+    return [None] * len(comps)
+
+  def sums(ctx_rows, cxs):
+    local = B.Range(ctx_rows.start - rows.start, ctx_rows.size, None)
+    out = []
+    for c, cx, f, h in zip(comps, cxs, first, has, strict=True):
+      out.append(c.loss.second(cx, jax.tree.map(lambda x: B.rows_of(x, local), f)) if h else ())
+    return out
+
+  def fn(cols, raws):
+    return _per_sub(pb, rows, cols, raws, sums)
+
+  def merge(acc, new):
+    return jax.tree.map(jnp.add, acc, new)
+
+  def init(body):
+    cols = B.Range(0, pb.st.vocab_block, None)
+    return jax.tree.map(lambda x: jnp.zeros((rows.size, *x.shape[1:]), x.dtype), _probe(pb, cols, sums))
+
+  return _over_vocab(pb, rows, one, fn, merge, init)
+
+
+def _whole(pb: Problem, rows):
+  """``(cols, raws)`` for a block holding the whole (local) vocabulary."""
+  cols = B.Range(0, pb.st.local_v, None)
+  return cols, _raws(pb, rows, cols)
+
+
+def _statistics(pb: Problem, rows, one, shards=True):
+  """Every term's final per-row statistics ``(first, finished)``, merged over the shards
+  (``shards=False``: only their shapes are wanted, outside any mesh)."""
+  st = pb.st
+  first = _first_pass(pb, rows, one)
+  if shards:
+    first = [_reduce_shards(pb, c, f) for c, f in zip(st.comps, first, strict=True)]
+  second = _second_pass(pb, rows, one, first)
+  out = []
+  for c, f, s in zip(st.comps, first, second, strict=True):
+    if shards and s is not None and s != ():
+      s = _sum_shards(pb, s)
+    if hasattr(c.loss, "finish"):
+      s = c.loss.finish(Ctx(pb, c, rows), f, s)
+    out.append((f, s))
+  return out
+
+
+def _weight(pb: Problem, comp: Comp):
+  return None if comp.weight is None else pb.arrays[comp.weight]
+
+
+def _values(pb: Problem, rows, stats):
+  """The per-row loss: the weighted sum of the terms, 0 on masked rows."""
+  total = None
+  for c, (f, s) in zip(pb.st.comps, stats, strict=True):
+    v = c.loss.value(Ctx(pb, c, rows), f, s)
+    w = _weight(pb, c)
+    if w is not None:
+      v = B.zero_unless(w != 0, w * v)
+    total = v if total is None else total + v
+  mask = B.rows_of(pb.arrays.get("row_mask"), rows)
+  return B.zero_unless(mask, total)
+
+
+def _counts(pb: Problem, rows, stats):
+  """The rows ``reduction="mean"`` divides by: unmasked, and counted by every term."""
+  counted = B.rows_of(pb.arrays.get("row_mask"), rows)
+  for c, (f, _) in zip(pb.st.comps, stats, strict=True):
+    if hasattr(c.loss, "counts"):
+      k = c.loss.counts(Ctx(pb, c, rows), f)
+      counted = k if counted is None else counted & k
+  if counted is None:
+    return jnp.full((rows.size,), 1, pb.dtype)
+  return counted.astype(pb.dtype)
+
+
+def _row_weights(pb: Problem, rows, g):
+  """The per-row cotangent, 0 on masked rows and on the rows a shifted block repeats."""
+  mask = B.rows_of(pb.arrays.get("row_mask"), rows)
+  if rows.valid is not None:
+    mask = rows.valid if mask is None else mask & rows.valid
+  return B.zero_unless(mask, g)
+
+
+def _grad_sides(pb: Problem):
+  return [s for s in pb.sides if any(f"{s}_{a}" in pb.needs for a in _SIDE_ARRAYS)]
+
+
+def _dz(pb: Problem, rows, cols, raws, stats, g):
+  """The cotangents of the sides' raw logits on a block, ``{side: [n, c]}``: formed sub-block
+  by sub-block, each written over that side's raw logits (which it no longer needs)."""
+  st = pb.st
+  sides = _grad_sides(pb)
+
+  def body(ctx_rows, sub, sub_raws, keep, carry):
+    local = B.Range(sub.start, sub.size, None)
+    gs = B.rows_of(g, local)
+    dz = {}
+    for c, (f, s) in zip(st.comps, stats, strict=True):
+      cx = Ctx(pb, c, ctx_rows, cols, sub_raws, keep)
+      rows_stats = jax.tree.map(lambda x: B.rows_of(x, local), (f, s))
+      w = _weight(pb, c)
+      for side, d in c.loss.grad(cx, *rows_stats).items():
+        if pb.sides[side].kind != "probs":
+          d = B.head_derivative(cx.head(), sub_raws[side], d)
+        d = d if w is None else B.zero_unless(w != 0, w * d)
+        dz[side] = d if side not in dz else dz[side] + d
+    out = dict(carry["raws"])
+    for side in sides:
+      d = dz[side] * gs[:, None] if side in dz else jnp.zeros_like(sub_raws[side])
+      if keep is not None:  # a NaN logit outside the block's categories adds nothing
+        d = jnp.where(keep, d, jnp.zeros_like(d))
+      out[side] = B.put_rows(out[side], d, sub)
+    return {"raws": out}
+
+  return _each_sub(pb, rows, cols, raws, body, {"raws": {s: raws[s] for s in sides}})["raws"]
+
+
+def _gradients(pb: Problem, rows, cols, raws, stats, g, acc):
+  """Add one block's gradients (rows x cols, cotangent ``g [n]``) into ``acc``."""
+  acc = dict(acc)
+  for side, d in _dz(pb, rows, cols, raws, stats, g).items():
+    sd = pb.sides[side]
+    if sd.kind == "head":
+      if f"{side}_hidden" in acc:
+        w_blk = lax.dynamic_slice_in_dim(sd.weight, cols.start, cols.size, 1).astype(pb.dtype)
+        acc[f"{side}_hidden_rows"] = acc[f"{side}_hidden_rows"] + jnp.dot(
+          d, w_blk.T, preferred_element_type=pb.dtype
+        )
+      if f"{side}_weight" in acc:
+        h_t = lax.dynamic_slice_in_dim(sd.hidden_t, rows.start, rows.size, 1)
+        old = lax.dynamic_slice_in_dim(acc[f"{side}_weight"], cols.start, cols.size, 1)
+        new = old + jnp.dot(h_t, d, preferred_element_type=pb.dtype)
+        acc[f"{side}_weight"] = lax.dynamic_update_slice_in_dim(
+          acc[f"{side}_weight"], new, cols.start, 1
+        )
+    elif f"{side}_values" in acc:
+      key = f"{side}_values"
+      old = lax.dynamic_slice(acc[key], (rows.start, cols.start), (rows.size, cols.size))
+      acc[key] = lax.dynamic_update_slice(acc[key], old + d.astype(acc[key].dtype), (rows.start, cols.start))
+  return acc
+
+
+def _extras(pb: Problem, rows, stats, g, acc):
+  """Per-row and scalar derivatives (stored log-probabilities, a mixture weight)."""
+  acc = dict(acc)
+  for c, (f, s) in zip(pb.st.comps, stats, strict=True):
+    if not hasattr(c.loss, "extra"):
+      continue
+    w = _weight(pb, c)
+    for name, d in c.loss.extra(Ctx(pb, c, rows), f, s).items():
+      key = dict(c.opts).get(name, name)
+      if key not in acc:
+        continue
+      gw = g if w is None else B.zero_unless(w != 0, w * g)
+      gw = gw.reshape((-1,) + (1,) * (d.ndim - 1))
+      d = B.zero_unless(gw != 0, d) * gw
+      acc[key] = B.put_rows(acc[key], B.rows_of(acc[key], rows) + d, rows)
+  return acc
+
+
+def _token_block(pb: Problem, rows, g, acc, stats=None):
+  """Statistics (unless given) and, with a cotangent ``g``, the gradients of one block."""
+  st = pb.st
+  one = _whole(pb, rows) if st.vocab_block >= st.local_v else None
+  if stats is None:
+    stats = _statistics(pb, rows, one)
+  if g is None:
+    return stats, acc
+  g = _row_weights(pb, rows, g)
+  hidden = [k for k in acc if k.endswith("_hidden")]
+  acc = dict(acc, **{f"{k}_rows": jnp.zeros((rows.size, acc[k].shape[1]), pb.dtype) for k in hidden})
+  if one is not None:
+    acc = _gradients(pb, rows, *one, stats, g, acc)
+  else:
+
+    def body(cols, acc):
+      return _gradients(pb, rows, cols, _raws(pb, rows, cols), stats, g, acc)
+
+    acc = B.loop(st.local_v, st.vocab_block, body, acc)
+  for k in hidden:
+    acc[k] = B.put_rows(acc[k], acc.pop(f"{k}_rows"), rows)
+  return stats, _extras(pb, rows, stats, g, acc)
+
+
+def _grad_buffers(pb: Problem):
+  """Zero gradients of the differentiated arrays (compute dtype); a scalar option gets one
+  derivative per row, summed at the end."""
+  out = {}
+  for k in pb.needs:
+    if k in pb.st.diff_opts:
+      out[k] = jnp.zeros((pb.st.num_rows,), pb.dtype)
+    else:
+      x = pb.arrays[k] if k in pb.arrays else _side_array(pb, k)
+      out[k] = jnp.zeros(x.shape, pb.dtype)
+  return out
+
+
+def _side_array(pb: Problem, key: str):
+  side, part = key.split("_", 1)
+  return getattr(pb.sides[side], part)
+
+
+def _sweep(pb: Problem, g=None, stats=None):
+  """Over every block of tokens: ``(values [N], counts [N], stats, grads)``.
+
+  ``g``: the per-row cotangent (``None``: value only); ``stats``: the statistics of an
+  earlier sweep (the backward pass of the recomputing strategy), in which case values,
+  counts and statistics are not formed again.
+  """
+  st = pb.st
+  acc = _grad_buffers(pb) if g is not None else {}
+  n = st.num_rows
+  if stats is not None:
+
+    def backward(rows, acc):
+      given = jax.tree.map(lambda x: B.rows_of(x, rows), stats)
+      return _token_block(pb, rows, B.rows_of(g, rows), acc, given)[1]
+
+    return None, None, stats, _reduce_grads(pb, B.loop(n, st.token_block, backward, acc))
+
+  probe = B.Range(0, st.token_block, None)
+  one = st.vocab_block >= st.local_v
+  shapes = jax.eval_shape(
+    lambda: _statistics(pb, probe, _whole(pb, probe) if one else None, shards=False)
+  )
+
+  def body(rows, carry):
+    values, counts, all_stats, acc = carry
+    s, acc = _token_block(pb, rows, None if g is None else B.rows_of(g, rows), acc)
+    values = B.put_rows(values, _values(pb, rows, s), rows)
+    counts = B.put_rows(counts, _counts(pb, rows, s), rows)
+    all_stats = jax.tree.map(lambda buf, x: B.put_rows(buf, x, rows), all_stats, s)
+    return values, counts, all_stats, acc
+
+  init_stats = jax.tree.map(lambda x: jnp.zeros((n, *x.shape[1:]), x.dtype), shapes)
+  zeros = jnp.zeros((n,), pb.dtype)
+  values, counts, all_stats, acc = B.loop(n, st.token_block, body, (zeros, zeros, init_stats, acc))
+  return values, counts, all_stats, _reduce_grads(pb, acc)
+
+
+def _reduce_grads(pb: Problem, acc):
+  """Sum the gradients over the shards that share them: a head's hidden states over the
+  vocabulary shards, a weight over the data shards."""
+  st = pb.st
+  out = {}
+  for k, v in acc.items():
+    if k.endswith("_hidden") and st.vocab_axis is not None:
+      v = lax.psum(v, st.vocab_axis)
+    if k.endswith("_weight") and st.data_axis is not None:
+      v = lax.psum(v, st.data_axis)
+    out[k] = v
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The problem on this device, and the outputs
+# ---------------------------------------------------------------------------
+
+
+def problem(st: Static, arrays: dict, needs=frozenset()) -> Problem:
+  """The arrays of a call in the compute dtype (16-bit floats: float32); a masked row's
+  hidden state is zeroed, so that padding (even NaN) adds nothing to any gradient."""
+  floats = [v for k, v in arrays.items() if k.startswith(SIDES) and v is not None]
+  dtype = _numerics.compute_dtype(jnp.result_type(*floats))
+  mask = arrays.get("row_mask")
+  sides = {}
+  for s, kind in zip(SIDES, st.kinds, strict=True):
+    if kind is None:
+      continue
+    h = arrays[f"{s}_hidden"]
+    h_t = None
+    if h is not None:
+      h = B.zero_unless(None if mask is None else mask[:, None], h.astype(dtype))
+      if f"{s}_weight" in needs:
+        # A contiguous transpose: XLA's CPU dot is much slower when it contracts the rows
+        # of a [rows, D] operand in place (docs' performance page).
+        h_t = lax.optimization_barrier(h.T)
+    sides[s] = B.Side(kind, h, arrays[f"{s}_weight"], arrays[f"{s}_values"], h_t)
+  rest = {}
+  for k, v in arrays.items():
+    if v is None or k.startswith(SIDES):
+      continue
+    rest[k] = v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
+  offset = 0 if st.vocab_axis is None else lax.axis_index(st.vocab_axis) * st.local_v
+  return Problem(st, sides, rest, dtype, offset, frozenset(needs))
+
+
+def _total(pb: Problem, values, counts):
+  """``(output, count)``: per-row values, or their sum or mean (over the data shards too)."""
+  st = pb.st
+  if st.reduction is None:
+    return values, None
+  total, count = jnp.sum(values), jnp.sum(counts)
+  if st.data_axis is not None:
+    total, count = lax.psum((total, count), st.data_axis)
+  if st.reduction == "mean":
+    return total / jnp.maximum(count, 1), count
+  return total, count
+
+
+def _sum_rows(st: Static, x):
+  s = jnp.sum(x)
+  return s if st.data_axis is None else lax.psum(s, st.data_axis)
+
+
+# ---------------------------------------------------------------------------
+# The passes a device runs, and the custom VJP over them
+# ---------------------------------------------------------------------------
+
+
+def one_sweep(st: Static, needs) -> bool:
+  """Whether the forward pass forms the gradients too (see the module docstring)."""
+  return st.reduction is not None or not any(k.endswith("_weight") for k in needs)
+
+
+def local_value(st: Static, arrays):
+  pb = problem(st, arrays)
+  values, counts, _, _ = _sweep(pb)
+  return _total(pb, values, counts)[0]
+
+
+def local_forward(st: Static, needs, arrays):
+  """The forward pass of either strategy: ``(out, residual)``; the residual is the
+  gradients and the count (one sweep) or the per-row statistics (recompute)."""
+  pb = problem(st, arrays, needs)
+  if not one_sweep(st, needs):
+    values, counts, stats, _ = _sweep(pb)
+    return _total(pb, values, counts)[0], stats
+  values, counts, _, grads = _sweep(pb, g=jnp.ones((st.num_rows,), pb.dtype))
+  out, count = _total(pb, values, counts)
+  if st.reduction is not None:  # a scalar option's derivative, summed over the rows
+    grads = {k: _sum_rows(st, v) if k in st.diff_opts else v for k, v in grads.items()}
+  return out, (grads, count)
+
+
+def local_backward(st: Static, needs, arrays, stats, g):
+  """The recomputing backward pass: the gradients for the per-row cotangent ``g``."""
+  pb = problem(st, arrays, needs)
+  grads = _sweep(pb, g=g.astype(pb.dtype), stats=stats)[3]
+  return {k: _sum_rows(st, v) if k in st.diff_opts else v for k, v in grads.items()}
+
+
+class Passes(NamedTuple):
+  """The three passes of a call: value only, the forward pass, the recomputing backward."""
+
+  value: Any  # (st, arrays) -> out
+  forward: Any  # (st, needs, arrays) -> (out, residual)
+  backward: Any  # (st, needs, arrays, stats, g) -> grads
+
+
+def _check_needs(st: Static, needs):
+  for k in sorted(needs):
+    if k not in DIFFERENTIABLE and k not in st.diff_opts:
+      raise TypeError(
+        f"{st.fn}: no derivative with respect to `{k}` (it enters the loss as a constant); "
+        f"differentiate the core functions on materialised logits for that."
+      )
+
+
+def make_vjp(passes: Passes):
+  """``f(st, arrays)``: the value, with a custom VJP over ``passes``."""
+
+  def impl(st, arrays):
+    return passes.value(st, arrays)
+
+  def fwd(st, arrays):
+    needs = frozenset(k for k, a in arrays.items() if a is not None and a.perturbed)
+    _check_needs(st, needs)
+    arrays = {k: None if a is None else a.value for k, a in arrays.items()}
+    out, res = passes.forward(st, needs, arrays)
+    # empty arrays of the primal dtypes: the cotangents' dtypes, and which were needed
+    markers = {k: jnp.zeros((0,), arrays[k].dtype) for k in needs}
+    kept = None if one_sweep(st, needs) else arrays
+    return out, (markers, kept, res)
+
+  def bwd(st, res, g):
+    markers, arrays, res = res
+    needs = frozenset(markers)
+    if arrays is None:  # one sweep: the residuals are the gradients, scaled here
+      grads, count = res
+      if st.reduction is None:
+        grads = {k: _scale_rows(st, k, v, g) for k, v in grads.items()}
+      else:
+        scale = g if st.reduction == "sum" else g / jnp.maximum(count, 1)
+        grads = {k: v * scale.astype(v.dtype) for k, v in grads.items()}
+    else:
+      grads = passes.backward(st, needs, arrays, res, g)
+    out = {k: grads[k].astype(markers[k].dtype) if k in markers else None for k in st.keys}
+    return (out,)
+
+  f = jax.custom_vjp(impl, nondiff_argnums=(0,))
+  f.defvjp(fwd, bwd, symbolic_zeros=True)
+  return f
+
+
+def _scale_rows(st: Static, k: str, v, g):
+  """A per-row gradient times the per-row cotangent (a scalar option's: their dot)."""
+  g = g.astype(v.dtype)
+  if k in st.diff_opts:
+    return jnp.sum(v * g)
+  return v * g.reshape((-1,) + (1,) * (v.ndim - 1))
+
+
+# One device: jitted, so that an eager call compiles the loops once per configuration.
+device = jax.jit(make_vjp(Passes(local_value, local_forward, local_backward)), static_argnums=0)
