@@ -60,6 +60,14 @@ PAIR = dict(p="probs", q="probs", p_logits="logits", q_logits="logits", axis="ax
 BINARY_PAIR = dict(
   p="binary_probs", q="binary_probs", p_logits="binary_logits", q_logits="binary_logits"
 )
+# A stored side (top-k or sampled categories with their log-probabilities) and its tail.
+STORED = dict(
+  p_indices="indices",
+  p_log_probs="log_probs",
+  q_indices="indices",
+  q_log_probs="log_probs",
+  tail="unchecked",
+)
 LINEAR_PAIR = dict(
   p_hidden="finite",
   p_weight="classifier",

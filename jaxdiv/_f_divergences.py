@@ -43,14 +43,33 @@ Array = jax.Array
 # Shared pieces
 # ---------------------------------------------------------------------------
 
+_HEAD = dict(temperature="unchecked", soft_cap="unchecked")
+
 
 class _Pair:
-  """Both distributions resolved by :mod:`jaxdiv._inputs` (category axis last)."""
+  """Both distributions resolved by :mod:`jaxdiv._inputs` (category axis last).
 
-  def __init__(self, fn, p, q, p_logits, q_logits, axis, where, base=None):
+  ``stored`` (the four ``p_indices`` ... ``q_log_probs`` arguments) and ``tail`` give one
+  side as stored categories: both sides are then the cells of ``tail``, and ``finish``
+  applies the stored form's edge rules to a result; ``head`` transforms the logits.
+  """
+
+  def __init__(self, fn, p, q, p_logits, q_logits, axis, where, base=None, *, stored=(None,) * 4,
+               tail="residual", head=None):  # fmt: skip
     _inputs.check_base(fn, base)
+    head = head or _inputs.Head(None, None)
+    self.finish = lambda x: x
+    st = _inputs.stored_side(fn, *stored, p=p, p_logits=p_logits, q=q, q_logits=q_logits)
+    if st is not None:
+      role = "q" if st.role == "p" else "p"
+      ds = _inputs.source(fn, role, q if role == "q" else p, q_logits if role == "q" else p_logits)
+      (ds,) = _inputs.transform_logits(fn, head, ds)
+      self.p, self.q, self.finish = _inputs.sparse_pair(fn, st, ds, tail, axis, where)
+      self.dtype, self.batch = self.p.prob.dtype, self.p.prob.shape[:-1]
+      return
     ps = _inputs.source(fn, "p", p, p_logits)
     qs = _inputs.source(fn, "q", q, q_logits)
+    ps, qs = _inputs.transform_logits(fn, head, ps, qs)
     self.aligned = _inputs.align(fn, ps, qs, axis=axis, where=where)
     self.p = _inputs.dist(self.aligned.sources[0], self.aligned.where)
     self.q = _inputs.dist(self.aligned.sources[1], self.aligned.where)
@@ -205,7 +224,7 @@ def _support_mismatch(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
 # ---------------------------------------------------------------------------
 
 
-def _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base) -> Array:
+def _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base, **pair) -> Array:
   r""":math:`\mathrm{JS}_w(p\|q)` in ``base``, for both public Jensen--Shannon functions.
 
   A term with weight 0 counts as 0, never ``0 * inf``: at :math:`w = 0` the mixture is
@@ -215,10 +234,10 @@ def _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base) -> 
   derivatives in the inputs (the derivative in ``w`` itself is NaN there: the one-sided
   derivative may be infinite).
   """
-  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
+  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base, **pair)
   in_01 = lambda v: (v >= 0) & (v <= 1)  # noqa: E731
   w = _param(fn, "weight", weight, pr, in_01, "in the closed interval [0, 1]")
-  js = jensen_shannon_of(pr.p, pr.q, w)
+  js = pr.finish(jensen_shannon_of(pr.p, pr.q, w))
   w0 = w[..., 0]
   js = jnp.where((w0 >= 0) & (w0 <= 1), js, jnp.full_like(js, jnp.nan))
   return _inputs.apply_base(js, base)
@@ -247,7 +266,7 @@ def total_variation_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
 
 
 @_api.public
-@_checks.roles(**_checks.PAIR, weight="unchecked", base="unchecked")
+@_checks.roles(**_checks.PAIR, **_checks.STORED, **_HEAD, weight="unchecked", base="unchecked")
 def jensen_shannon_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -255,6 +274,13 @@ def jensen_shannon_divergence(
   weight: ArrayLike = 0.5,
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
+  temperature: ArrayLike = 1.0,
+  soft_cap: ArrayLike | None = None,
   axis: int = -1,
   where: ArrayLike | None = None,
   base: float | None = None,
@@ -321,7 +347,9 @@ def jensen_shannon_divergence(
     :func:`jaxdiv.kl_divergence`, :func:`jaxdiv.generators.jensen_shannon`.
   """
   fn = "jensen_shannon_divergence"
-  return _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base)
+  stored, head = (p_indices, p_log_probs, q_indices, q_log_probs), _inputs.head_options(fn, temperature, soft_cap)
+  return _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base,
+                         stored=stored, tail=tail, head=head)  # fmt: skip
 
 
 @_api.public
@@ -425,7 +453,7 @@ def jeffreys_divergence(
 
 
 @_api.public
-@_checks.roles(**_checks.PAIR, alpha="unchecked", base="unchecked")
+@_checks.roles(**_checks.PAIR, **_checks.STORED, **_HEAD, alpha="unchecked", base="unchecked")
 def skew_kl_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -433,6 +461,13 @@ def skew_kl_divergence(
   alpha: ArrayLike | None = None,
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
+  temperature: ArrayLike = 1.0,
+  soft_cap: ArrayLike | None = None,
   axis: int = -1,
   where: ArrayLike | None = None,
   base: float | None = None,
@@ -475,9 +510,11 @@ def skew_kl_divergence(
     :func:`jensen_shannon_divergence`, :func:`jaxdiv.generators.skew_kl`.
   """
   fn = "skew_kl_divergence"
-  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base)
+  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where, base,
+             stored=(p_indices, p_log_probs, q_indices, q_log_probs), tail=tail,
+             head=_inputs.head_options(fn, temperature, soft_cap))  # fmt: skip
   a = _param(fn, "alpha", alpha, pr, lambda v: (v >= 0) & (v <= 1), "in the closed interval [0, 1]")
-  d = skew_kl_of(pr.p, pr.q, a)
+  d = pr.finish(skew_kl_of(pr.p, pr.q, a))
   a0 = a[..., 0]
   d = jnp.where((a0 >= 0) & (a0 <= 1), d, jnp.full_like(d, jnp.nan))
   return _inputs.apply_base(d, base)
@@ -489,13 +526,20 @@ def skew_kl_divergence(
 
 
 @_api.public
-@_checks.roles(**_checks.PAIR)
+@_checks.roles(**_checks.PAIR, **_checks.STORED, **_HEAD)
 def total_variation_distance(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
   *,
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
+  temperature: ArrayLike = 1.0,
+  soft_cap: ArrayLike | None = None,
   axis: int = -1,
   where: ArrayLike | None = None,
 ) -> Array:
@@ -527,8 +571,10 @@ def total_variation_distance(
     :func:`hellinger_distance`, :func:`jaxdiv.generators.total_variation`.
   """
   fn = "total_variation_distance"
-  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where)
-  return total_variation_of(pr.p, pr.q)
+  pr = _Pair(fn, p, q, p_logits, q_logits, axis, where,
+             stored=(p_indices, p_log_probs, q_indices, q_log_probs), tail=tail,
+             head=_inputs.head_options(fn, temperature, soft_cap))  # fmt: skip
+  return pr.finish(total_variation_of(pr.p, pr.q))
 
 
 def _squared_hellinger(pr: _Pair) -> Array:

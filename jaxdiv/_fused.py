@@ -395,7 +395,8 @@ def _divergence_term(fn, kind, sides, tail, head, mix_name=None) -> _drivers.Com
   if not stored:
     return _comp(_PAIRS[kind][0], ("p", "q"), head, opts=opts)
   dense = "q" if stored[0] == "p" else "p"
-  flags = (("stored", stored[0]), ("tail", tail), ("cells", _PAIRS[kind][1]))
+  tol = _inputs.sparse_tolerance(sides[stored[0]].sparse.log_probs.dtype)
+  flags = (("stored", stored[0]), ("tail", tail), ("cells", _PAIRS[kind][1]), ("tol", tol))
   return _comp(L.Sparse, (dense,), head, flags=flags, opts=opts)
 
 

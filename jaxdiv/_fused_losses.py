@@ -611,19 +611,21 @@ class Sparse:
     mix = cx.opt("mix") if cx.has_opt("mix") else jnp.zeros((), cx.dtype)
     mix = jnp.broadcast_to(mix, (cx.rows.size, 1))
 
+    tol = cx.flag("tol")
+
     def cell_loss(log_probs, u_listed, u_rest, mix):
-      ds, dd = _inputs.sparse_cells(tail, log_probs, slot_ok, u_listed, u_rest)
+      ds, dd = _inputs.sparse_cells(tail, log_probs, slot_ok, u_listed, u_rest, tol)
       dp, dq = (ds, dd) if stored == "p" else (dd, ds)
       return loss_fn(dp, dq, mix)
 
     log_probs = cx.row("log_probs")
     loss, vjp = jax.vjp(cell_loss, log_probs, lq_listed, lq_rest, mix)
     bad = cx.row("invalid")  # out-of-range or duplicated listed categories
-    empty = s.lse.m == -jnp.inf  # no possible category on the dense side
-    loss = jnp.where(bad | empty, jnp.full_like(loss, jnp.nan), loss)
-    if cx.row_included is not None:  # a fully excluded row is 0
-      loss = jnp.where(cx.row_included, loss, jnp.zeros_like(loss))
-    return loss, vjp
+    loss = jnp.where(bad, jnp.full_like(loss, jnp.nan), loss)
+    # no possible category on the dense side: a fully excluded row (0), or not a distribution
+    empty = s.lse.m == -jnp.inf
+    gone = jnp.zeros_like(loss) if cx.masked else jnp.full_like(loss, jnp.nan)
+    return jnp.where(empty, gone, loss), vjp
 
   @staticmethod
   def value(cx, s, _):

@@ -19,7 +19,7 @@ categories gives NaN, so neither can turn into a finite wrong number.
 from __future__ import annotations
 
 import operator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -379,7 +379,7 @@ def sparse(fn: str, role: str, indices, log_probs, num_v: int, names=None) -> Sp
   return Sparse(idx, lp, slot_ok, invalid)
 
 
-def sparse_cells(tail: str, log_probs, slot_ok, dense_listed, dense_rest):
+def sparse_cells(tail: str, log_probs, slot_ok, dense_listed, dense_rest, tol: float = 1e-6):
   """The stored and the dense distribution coarse-grained onto the same cells, as Dists.
 
   ``log_probs`` are the stored log-probabilities ``[n, k]``, ``slot_ok`` the slots that
@@ -387,7 +387,7 @@ def sparse_cells(tail: str, log_probs, slot_ok, dense_listed, dense_rest):
   elsewhere) and ``dense_rest`` the log of its mass on every other category (``[n]``,
   formed from its log-normaliser by the caller). The cells are the listed categories and,
   for ``"residual"``, one more holding the rest of each distribution's mass (the stored
-  side's ``1 - sum``, exactly 0 when the listed mass reaches 1 by round-off). For
+  side's ``1 - sum``, exactly 0 when the listed mass is within ``tol`` of 1). For
   ``"renormalize"`` both are restricted to the listed categories and renormalised; for
   ``"truncate"`` the listed cells are kept as they are (not distributions).
   """
@@ -400,12 +400,179 @@ def sparse_cells(tail: str, log_probs, slot_ok, dense_listed, dense_rest):
     stored, dense = lp, lq
   else:
     mass = _numerics.logsumexp(lp)
-    some = mass < 0  # listed mass above 1 by round-off leaves exactly nothing
+    some = mass < np.log1p(-tol)  # a listed mass of 1 up to round-off leaves exactly nothing
     rest = jnp.log(-jnp.expm1(jnp.where(some, mass, -jnp.ones_like(mass))))
     rest = jnp.where(some, rest, jnp.full_like(rest, -jnp.inf))
     stored = jnp.concatenate([lp, rest[..., None]], axis=-1)
     dense = jnp.concatenate([lq, dense_rest[..., None]], axis=-1)
   return Dist(*_numerics.prob_triple(stored)), Dist(*_numerics.prob_triple(dense))
+
+
+# ---------------------------------------------------------------------------
+# Options of the logits: one check, the same for the core and the fused functions
+# ---------------------------------------------------------------------------
+
+
+def scalar_option(fn: str, name: str, value, *, low=None, high=None, positive=False, what=""):
+  """A scalar option, checked where it is concrete; ``(value, concrete float or None)``."""
+  if isinstance(value, jax.core.Tracer):
+    if jnp.ndim(value) != 0:
+      raise ValueError(f"{fn}: `{name}` must be a scalar, got shape {jnp.shape(value)}.")
+    return value, None
+  v = np.asarray(value)
+  if v.ndim != 0:
+    raise ValueError(f"{fn}: `{name}` must be a scalar{what}; got an array of shape {v.shape}.")
+  if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
+    raise TypeError(f"{fn}: `{name}` must be a real number, got {value!r}.")
+  x = float(v)
+  bad = not np.isfinite(x) or (positive and not x > 0)
+  bad = bad or (low is not None and x < low) or (high is not None and x > high)
+  if bad:
+    if positive:
+      rule = "a positive finite number"
+    elif high is None:
+      rule = f"a finite number >= {low}"
+    else:
+      rule = f"in [{low}, {high}]"
+    raise ValueError(f"{fn}: `{name}` must be {rule}, got {value!r}.")
+  return value, x
+
+
+class Head(NamedTuple):
+  """``temperature`` and ``soft_cap`` as given (``None``: not applied)."""
+
+  temperature: Any
+  soft_cap: Any
+
+  @property
+  def active(self) -> bool:
+    return self.temperature is not None or self.soft_cap is not None
+
+
+def head_options(fn: str, temperature, soft_cap) -> Head:
+  """The logits' transform ``z -> soft_cap tanh(z / soft_cap) / temperature``, checked."""
+  t, tv = scalar_option(fn, "temperature", temperature, positive=True)
+  c = None if soft_cap is None else scalar_option(fn, "soft_cap", soft_cap, positive=True)[0]
+  return Head(None if tv == 1.0 else t, c)
+
+
+def transform_logits(fn: str, head: Head, *sources: Source) -> tuple[Source, ...]:
+  """Logit sources with ``head`` applied (cap, then temperature), in their compute dtype;
+  a probability source with an active ``head`` is an error (the options act on logits)."""
+  if not head.active:
+    return sources
+  out = []
+  for s in sources:
+    if s.kind == "probs":
+      opts = " and ".join(
+        f"`{k}`" for k, v in (("temperature", head.temperature), ("soft_cap", head.soft_cap))
+        if v is not None
+      )
+      raise ValueError(
+        f"{fn}: {opts} act on logits, but `{s.name}` is given as probabilities; pass its "
+        f"logits (`{s.name}_logits`) instead, or transform it yourself."
+      )
+    if s.kind != "logits":
+      out.append(s)
+      continue
+    z = s.value.astype(_numerics.compute_dtype(s.value.dtype))
+    if head.soft_cap is not None:
+      c = jnp.asarray(head.soft_cap, z.dtype)
+      z = c * jnp.tanh(z / c)
+    if head.temperature is not None:
+      z = z / jnp.asarray(head.temperature, z.dtype)
+    out.append(s._replace(value=z))
+  return tuple(out)
+
+
+class Stored(NamedTuple):
+  """A stored side as given to a core function: ``role`` "p" or "q", not yet checked."""
+
+  role: str
+  indices: Any
+  log_probs: Any
+
+
+def stored_side(fn: str, p_indices, p_log_probs, q_indices, q_log_probs, **dense) -> Stored | None:
+  """The stored side of a call, if any: at most one, and never with a dense form of the
+  same distribution (``dense``: the caller's dense arguments by name)."""
+  given = [
+    Stored(r, i, lp)
+    for r, i, lp in (("p", p_indices, p_log_probs), ("q", q_indices, q_log_probs))
+    if i is not None or lp is not None
+  ]
+  if len(given) > 1:
+    raise ValueError(
+      f"{fn}: both distributions are given stored (`p_indices` and `q_indices`); at most "
+      f"one side may be stored, the other needs all its categories."
+    )
+  if not given:
+    return None
+  role = given[0].role
+  twice = [k for k, v in dense.items() if v is not None and (k == role or k.startswith(role + "_"))]
+  if twice:
+    raise ValueError(
+      f"{fn}: the distribution {role} is given twice (as `{twice[0]}` and as "
+      f"`{role}_indices`/`{role}_log_probs`); give exactly one of them."
+    )
+  return given[0]
+
+
+def _listed(shape, indices, ok):
+  """``[..., V]`` bool: the categories a row's ok slots list (a scatter, not a compare)."""
+  n, num_v = int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]
+  k = indices.shape[-1]
+  cols = jnp.where(ok, indices, num_v).reshape(n, k)
+  rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, k))
+  mask = jnp.zeros((n, num_v), bool).at[rows, cols].set(True, mode="drop")
+  return mask.reshape(shape)
+
+
+def sparse_pair(fn: str, stored: Stored, dense: Source, tail: str, axis, where):
+  """``(dp, dq, finish)`` for a stored side and a dense one (probabilities or logits, any
+  ``axis``): both coarse-grained onto the cells of ``tail`` (:func:`sparse_cells`), in the
+  order ``p``, ``q``; ``finish(result)`` gives NaN on an invalid row and 0 on a row whose
+  categories ``where`` excludes entirely."""
+  check_tail(fn, tail)
+  a = align(fn, dense, axis=axis, where=where)
+  (d,) = a.sources
+  num_v, batch = a.shape[-1], a.shape[:-1]
+  stored_role = stored.role
+  sp = sparse(fn, stored_role, stored.indices, stored.log_probs, num_v)
+  if sp.indices.shape[:-1] != tuple(batch):
+    raise ValueError(
+      f"{fn}: `{stored_role}_indices` with shape {sp.indices.shape} must have the batch shape "
+      f"of `{d.name}` ({tuple(batch)}, its shape without the category axis) plus the stored "
+      f"categories' axis."
+    )
+  w = a.where
+  idx = jnp.clip(sp.indices, 0, num_v - 1)
+  slot_ok = sp.slot_ok
+  if w is not None:  # a stored category that `where` excludes is padding
+    slot_ok = slot_ok & jnp.take_along_axis(w, idx, axis=-1)
+  if d.kind == "logits":
+    log_q = _numerics.log_softmax(d.value, w)
+    listed = jnp.take_along_axis(log_q, idx, axis=-1)
+  else:
+    q = probs(d, w)
+    listed = jnp.log(jnp.take_along_axis(q, idx, axis=-1))
+  listed_mask = _listed(a.shape, idx, slot_ok)
+  unlisted = ~listed_mask if w is None else ~listed_mask & w
+  if d.kind == "logits":
+    rest = _numerics.logsumexp(log_q, unlisted)
+  else:
+    rest = jnp.log(jnp.sum(jnp.where(unlisted, q, jnp.zeros_like(q)), axis=-1))
+  tol = sparse_tolerance(sp.log_probs.dtype)
+  ds, dd = sparse_cells(tail, sp.log_probs.astype(a.dtype), slot_ok, listed, rest, tol)
+  dp, dq = (ds, dd) if stored_role == "p" else (dd, ds)
+
+  def finish(result):
+    result = jnp.where(sp.invalid, jnp.full_like(result, jnp.nan), result)
+    if w is None:
+      return result
+    return jnp.where(jnp.any(w, axis=-1), result, jnp.zeros_like(result))
+
+  return dp, dq, finish
 
 
 def as_float(fn: str, name: str, x) -> Array:

@@ -120,7 +120,16 @@ def entropy(
 
 
 @_api.public
-@_checks.roles(**_checks.PAIR, labels="labels", label_smoothing="unchecked", base="unchecked")
+@_checks.roles(
+  **_checks.PAIR,
+  **_checks.STORED,
+  labels="labels",
+  label_smoothing="unchecked",
+  temperature="unchecked",
+  soft_cap="unchecked",
+  z_loss="unchecked",
+  base="unchecked",
+)
 def cross_entropy(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -128,7 +137,15 @@ def cross_entropy(
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
   labels: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
   label_smoothing: float = 0.0,
+  temperature: ArrayLike = 1.0,
+  soft_cap: ArrayLike | None = None,
+  z_loss: ArrayLike = 0.0,
   axis: int = -1,
   where: ArrayLike | None = None,
   base: float | None = None,
@@ -192,8 +209,26 @@ def cross_entropy(
   fn = "cross_entropy"
   _inputs.check_base(fn, base)
   eps = _label_smoothing(fn, label_smoothing, labels)
+  head = _inputs.head_options(fn, temperature, soft_cap)
+  zl, zlv = _inputs.scalar_option(fn, "z_loss", z_loss, low=0.0)
+  stored = _inputs.stored_side(
+    fn, p_indices, p_log_probs, q_indices, q_log_probs,
+    p=p, p_logits=p_logits, labels=labels, q=q, q_logits=q_logits,
+  )  # fmt: skip
+  if stored is not None:
+    if eps:
+      raise ValueError(f"{fn}: `label_smoothing` applies to integer `labels` only.")
+    role = "q" if stored.role == "p" else "p"
+    ds = _inputs.source(fn, role, q if role == "q" else p, q_logits if role == "q" else p_logits)
+    (ds,) = _inputs.transform_logits(fn, head, ds)
+    dp, dq, finish = _inputs.sparse_pair(fn, stored, ds, tail, axis, where)
+    h = finish(cross_entropy_of(dp, dq))
+    if zlv != 0.0:
+      h = h + _z_loss(fn, zl, ds if role == "q" else None, axis, where, None)
+    return _inputs.apply_base(h, base)
   ps = _inputs.source(fn, "p", p, p_logits, labels, labels_allowed=True)
   qs = _inputs.source(fn, "q", q, q_logits)
+  ps, qs = _inputs.transform_logits(fn, head, ps, qs)
   # Logits q: a fused kernel of _numerics, which upcasts 16-bit inputs itself.
   a = _inputs.align(fn, ps, qs, axis=axis, where=where, upcast=qs.kind != "logits")
   ps, qs = a.sources
@@ -205,7 +240,23 @@ def cross_entropy(
     h = _kernels.soft_ce_from_logits(ps.value, qs.value, a.where)
   else:
     h = cross_entropy_of(_inputs.dist(ps, a.where), _inputs.dist(qs, a.where))
+  if zlv != 0.0:
+    h = h + _z_loss(fn, zl, qs, -1, a.where, ps if ps.kind == "labels" else None)
   return _inputs.apply_base(h, base)
+
+
+def _z_loss(fn: str, z_loss, qs, axis, where, labels) -> Array:
+  """``z_loss * lse(q_logits)^2`` per row, over the included categories (PaLM's z-loss): 0
+  on a fully excluded row and, with labels, on an ignored one."""
+  if qs is None or qs.kind != "logits":
+    raise ValueError(f"{fn}: `z_loss` needs the model as logits (`q_logits`).")
+  a = _inputs.align(fn, qs, axis=axis, where=where)
+  lse = _numerics.logsumexp(a.sources[0].value, a.where)
+  out = jnp.where(lse == -jnp.inf, jnp.zeros_like(lse), z_loss * lse * lse)
+  if labels is not None:
+    ignored, _, _ = _inputs.label_mask(labels.value, a.shape[-1], a.where)
+    out = jnp.where(ignored, jnp.zeros_like(out), out)
+  return out
 
 
 def cross_entropy_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
@@ -214,7 +265,14 @@ def cross_entropy_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
 
 
 @_api.public
-@_checks.roles(**_checks.PAIR, labels="labels", base="unchecked")
+@_checks.roles(
+  **_checks.PAIR,
+  **_checks.STORED,
+  labels="labels",
+  temperature="unchecked",
+  soft_cap="unchecked",
+  base="unchecked",
+)
 def kl_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -222,6 +280,13 @@ def kl_divergence(
   p_logits: ArrayLike | None = None,
   q_logits: ArrayLike | None = None,
   labels: ArrayLike | None = None,
+  p_indices: ArrayLike | None = None,
+  p_log_probs: ArrayLike | None = None,
+  q_indices: ArrayLike | None = None,
+  q_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
+  temperature: ArrayLike = 1.0,
+  soft_cap: ArrayLike | None = None,
   axis: int = -1,
   where: ArrayLike | None = None,
   base: float | None = None,
@@ -278,8 +343,20 @@ def kl_divergence(
   """
   fn = "kl_divergence"
   _inputs.check_base(fn, base)
+  head = _inputs.head_options(fn, temperature, soft_cap)
+  stored = _inputs.stored_side(
+    fn, p_indices, p_log_probs, q_indices, q_log_probs,
+    p=p, p_logits=p_logits, labels=labels, q=q, q_logits=q_logits,
+  )  # fmt: skip
+  if stored is not None:
+    role = "q" if stored.role == "p" else "p"
+    ds = _inputs.source(fn, role, q if role == "q" else p, q_logits if role == "q" else p_logits)
+    (ds,) = _inputs.transform_logits(fn, head, ds)
+    dp, dq, finish = _inputs.sparse_pair(fn, stored, ds, tail, axis, where)
+    return _inputs.apply_base(finish(kl_of(dp, dq)), base)
   ps = _inputs.source(fn, "p", p, p_logits, labels, labels_allowed=True)
   qs = _inputs.source(fn, "q", q, q_logits)
+  ps, qs = _inputs.transform_logits(fn, head, ps, qs)
   a = _inputs.align(fn, ps, qs, axis=axis, where=where, upcast=qs.kind != "logits")
   ps, qs = a.sources
   if ps.kind == "labels":
