@@ -16,6 +16,7 @@ from jaxdiv._closed_forms import mvn_kl_divergence as mvn_kl_divergence
 from jaxdiv._closed_forms import normal_cross_entropy as normal_cross_entropy
 from jaxdiv._closed_forms import normal_entropy as normal_entropy
 from jaxdiv._closed_forms import normal_kl_divergence as normal_kl_divergence
+from jaxdiv._estimators import aggregate_tokens as aggregate_tokens
 from jaxdiv._estimators import kl_estimate as kl_estimate
 from jaxdiv._estimators import sequence_kl_penalty as sequence_kl_penalty
 from jaxdiv._f_divergences import alpha_divergence as alpha_divergence
@@ -32,6 +33,7 @@ from jaxdiv._f_divergences import skew_kl_divergence as skew_kl_divergence
 from jaxdiv._f_divergences import squared_hellinger_distance as squared_hellinger_distance
 from jaxdiv._f_divergences import total_variation_distance as total_variation_distance
 from jaxdiv._fused import linear_cross_entropy as linear_cross_entropy
+from jaxdiv._fused import linear_distillation_loss as linear_distillation_loss
 from jaxdiv._fused import linear_jensen_shannon_divergence as linear_jensen_shannon_divergence
 from jaxdiv._fused import linear_kl_divergence as linear_kl_divergence
 from jaxdiv._fused import linear_skew_kl_divergence as linear_skew_kl_divergence
@@ -44,6 +46,7 @@ from jaxdiv._kl import kl_divergence as kl_divergence
 from jaxdiv._sharded import sharded_cross_entropy as sharded_cross_entropy
 from jaxdiv._sharded import sharded_kl_divergence as sharded_kl_divergence
 from jaxdiv._sharded import sharded_linear_cross_entropy as sharded_linear_cross_entropy
+from jaxdiv._sharded import sharded_linear_distillation_loss as sharded_linear_distillation_loss
 from jaxdiv._sharded import (
   sharded_linear_jensen_shannon_divergence as sharded_linear_jensen_shannon_divergence,
 )

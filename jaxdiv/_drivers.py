@@ -53,6 +53,7 @@ SIDES = ("p", "q")
 _SIDE_ARRAYS = ("hidden", "weight", "values")
 # The arrays a fused loss may differentiate (options are differentiable where a term says).
 DIFFERENTIABLE = tuple(f"{s}_{a}" for s in SIDES for a in _SIDE_ARRAYS) + ("log_probs",)
+HIDDEN, WEIGHTS = ("p_hidden", "q_hidden"), ("p_weight", "q_weight")
 _PER_ROW = ("labels", "indices", "log_probs", "slot_ok", "invalid", "row_mask", "full_mask")
 
 
@@ -461,7 +462,7 @@ def _token_block(pb: Problem, rows, g, acc, stats=None):
   if g is None:
     return stats, acc
   g = _row_weights(pb, rows, g)
-  hidden = [k for k in acc if k.endswith("_hidden")]
+  hidden = [k for k in acc if k in HIDDEN]
   acc = dict(acc, **{f"{k}_rows": jnp.zeros((rows.size, acc[k].shape[1]), pb.dtype) for k in hidden})
   if one is not None:
     acc = _gradients(pb, rows, *one, stats, g, acc)
@@ -538,9 +539,9 @@ def _reduce_grads(pb: Problem, acc):
   st = pb.st
   out = {}
   for k, v in acc.items():
-    if k.endswith("_hidden") and st.vocab_axis is not None:
+    if k in HIDDEN and st.vocab_axis is not None:
       v = lax.psum(v, st.vocab_axis)
-    if k.endswith("_weight") and st.data_axis is not None:
+    if k in WEIGHTS and st.data_axis is not None:
       v = lax.psum(v, st.data_axis)
     out[k] = v
   return out
@@ -604,7 +605,7 @@ def _sum_rows(st: Static, x):
 
 def one_sweep(st: Static, needs) -> bool:
   """Whether the forward pass forms the gradients too (see the module docstring)."""
-  return st.reduction is not None or not any(k.endswith("_weight") for k in needs)
+  return st.reduction is not None or not any(k in WEIGHTS for k in needs)
 
 
 def local_value(st: Static, arrays):

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
+import numpy as np
+
 from jaxdiv import _api, _checks, _inputs, _numerics
 
 Array = jax.Array
@@ -42,12 +44,50 @@ def _with_k2_gradient_jvp(primals, tangents):
   return value, log_ratio * d_log_ratio
 
 
+def _bounds(fn: str, name: str, bounds):
+  """``(lo, hi)`` floats with ``lo <= hi`` (either may be ``None``: unbounded), or None."""
+  if bounds is None:
+    return None
+  try:
+    lo, hi = bounds
+  except (TypeError, ValueError):
+    raise TypeError(f"{fn}: `{name}` must be a pair (lo, hi), got {bounds!r}.") from None
+  vals = []
+  for v in (lo, hi):
+    if v is None:
+      vals.append(None)
+      continue
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+      raise TypeError(f"{fn}: `{name}` must be a pair of numbers (lo, hi), got {bounds!r}.")
+    if np.isnan(v):
+      raise ValueError(f"{fn}: `{name}` must not hold NaN, got {bounds!r}.")
+    vals.append(float(v))
+  if vals[0] is not None and vals[1] is not None and vals[0] > vals[1]:
+    raise ValueError(f"{fn}: `{name}` must have lo <= hi, got {bounds!r}.")
+  return tuple(vals)
+
+
+def _clipped(f, x: Array, bounds) -> Array:
+  """``clip(f(x), lo, hi)`` with zero derivative outside the bounds (as ``torch.clamp``),
+  and finite even where ``f(x)`` overflows: ``f`` is evaluated at 0 wherever it is clipped
+  (the "double where"), so an infinite ``f(x)`` there leaks no ``0 * inf``."""
+  if bounds is None:
+    return f(x)
+  lo, hi = (-jnp.inf if b is None else b for b in bounds)
+  v = lax.stop_gradient(f(x))
+  inside = (v > lo) & (v < hi)
+  safe = f(jnp.where(inside, x, jnp.zeros_like(x)))
+  return jnp.where(inside, safe, jnp.clip(v, lo, hi))
+
+
 @_api.public
 @_checks.roles(
   log_p="log_density",
   log_q="log_density",
   estimator="unchecked",
   straight_through="unchecked",
+  log_ratio_clip="unchecked",
+  clip="unchecked",
   base="unchecked",
 )
 def kl_estimate(
@@ -56,6 +96,8 @@ def kl_estimate(
   *,
   estimator: str = "k3",
   straight_through: bool = False,
+  log_ratio_clip: tuple[float | None, float | None] | None = None,
+  clip: tuple[float | None, float | None] | None = None,
   base: float | None = None,
 ) -> Array:
   r"""Per-sample Monte-Carlo estimates of :math:`\mathrm{KL}(q \| p)` from samples :math:`x \sim q`.
@@ -96,10 +138,20 @@ def kl_estimate(
   ``p`` and ``q`` and is never negative from rounding; at :math:`\log r = -10^3` it is
   exactly :math:`999`, and it overflows to ``inf`` only where :math:`e^{\log r}` exceeds
   the largest float. ``k2`` is formed as :math:`(\frac12 \log r) \log r` so that it is
-  finite whenever :math:`\frac12 (\log r)^2` is. No clipping (RL libraries often clamp
-  :math:`\log r` to :math:`[-20, 20]` and ``k3`` to :math:`[-10, 10]`; do that yourself if
-  you want it). ``log_p = -inf`` (a sample ``p`` rules out) gives ``+inf`` for every
-  estimator, the value of the divergence.
+  finite whenever :math:`\frac12 (\log r)^2` is. ``log_p = -inf`` (a sample ``p`` rules
+  out) gives ``+inf`` for every estimator, the value of the divergence.
+
+  **Clamps, as the trainers apply them.** ``log_ratio_clip=(lo, hi)`` bounds
+  :math:`\log r` before the estimator and ``clip=(lo, hi)`` bounds the estimate, each with
+  zero derivative outside its bounds (as ``torch.clamp``) and finite even where the
+  unclipped estimate overflows (``k3`` at :math:`\log r = 100` in float32 is ``inf``;
+  clipped to 10 it is 10, with derivative 0). verl's ``low_var_kl``/``"k3"``
+  (``kl_penalty_forward`` in ``verl/trainer/ppo/core_algos.py``) is
+  ``kl_estimate(ref_log_prob, log_prob, estimator="k3", log_ratio_clip=(-20, 20),
+  clip=(-10, 10))``, and its ``"k3+"`` adds ``straight_through=True`` (the clipped value,
+  the unclipped ``k2`` gradient); OpenRLHF's ``compute_approx_kl`` clamps every estimator
+  to ``clip=(-10, 10)``. A clamp biases the estimate once the policy drifts far from the
+  reference (``experiments/kl_penalty.py`` measures by how much).
 
   Args:
     log_p: log-density (or log-probability) of ``p`` at the samples.
@@ -122,6 +174,9 @@ def kl_estimate(
       This is verl's ``"k3+"`` (``kl_penalty`` in
       ``verl/trainer/ppo/core_algos.py``: ``k2 - stop_grad(k2) + stop_grad(k3)``); here a
       custom JVP returns the value bit-for-bit and works in forward mode too.
+    log_ratio_clip: ``(lo, hi)`` bounds of :math:`\log r` (either ``None``: unbounded), or
+      ``None``.
+    clip: ``(lo, hi)`` bounds of the estimate, or ``None``.
     base: logarithm base (``None``: nats; 2: bits).
 
   Returns:
@@ -163,15 +218,23 @@ def kl_estimate(
   dtype = _numerics.compute_dtype(jnp.result_type(lp.dtype, lq.dtype))
   lp = jnp.broadcast_to(lp.astype(dtype), shape)
   lq = jnp.broadcast_to(lq.astype(dtype), shape)
+  ratio_bounds = _bounds(fn, "log_ratio_clip", log_ratio_clip)
+  value_bounds = _bounds(fn, "clip", clip)
   log_r = lp - lq
-  if estimator == "k1":
-    k = -log_r
-  elif estimator == "k2":
-    k = (0.5 * log_r) * log_r
-  else:
-    k = _numerics.expm1mx(log_r)
-  if straight_through:
-    k = _with_k2_gradient(k, log_r)
+
+  def estimate(log_r):
+    if ratio_bounds is not None:
+      lo, hi = (-jnp.inf if b is None else b for b in ratio_bounds)
+      log_r = jnp.clip(log_r, lo, hi)  # zero derivative outside, as torch.clamp
+    if estimator == "k1":
+      return -log_r
+    if estimator == "k2":
+      return (0.5 * log_r) * log_r
+    return _numerics.expm1mx(log_r)
+
+  k = _clipped(estimate, log_r, value_bounds)
+  if straight_through:  # the (clipped) value, the unclipped k2 gradient
+    k = _with_k2_gradient(lax.stop_gradient(k), log_r)
   return _inputs.apply_base(k, base)
 
 
@@ -190,7 +253,12 @@ def _with_score_jvp(primals, tangents):
 
 @_api.public
 @_checks.roles(
-  p_logits="logits", q_logits="logits", tokens="labels", mask="unchecked", base="unchecked"
+  p_logits="logits",
+  q_logits="logits",
+  tokens="labels",
+  mask="unchecked",
+  where="where",
+  base="unchecked",
 )
 def sequence_kl_penalty(
   p_logits: ArrayLike,
@@ -198,6 +266,7 @@ def sequence_kl_penalty(
   tokens: ArrayLike,
   *,
   mask: ArrayLike | None = None,
+  where: ArrayLike | None = None,
   base: float | None = None,
 ) -> Array:
   r"""Per-token KL(p_t ‖ q_t) at sampled prefixes, differentiated as the sequence-level KL.
@@ -241,6 +310,10 @@ def sequence_kl_penalty(
       logits); they must have been drawn from ``p`` for the gradient to be unbiased.
     mask: optional bool ``[..., T]`` (broadcasts against ``tokens``): the positions that
       were sampled from ``p``.
+    where: optional bool broadcastable against the logits ``[..., T, K]``, as in the other
+      functions: a ``[..., T, 1]`` token mask (the same as ``mask``), a ``[K]`` category mask
+      (the per-token KL and the policy's log-probabilities over the included categories),
+      or both; with ``mask`` too, a position counts where both keep it.
     base: logarithm base (``None``: nats; 2: bits).
 
   Returns:
@@ -302,14 +375,141 @@ def sequence_kl_penalty(
         f"{fn}: `mask` with shape {tuple(m.shape)} must broadcast to the tokens' shape {lead}."
       )
     m = jnp.broadcast_to(m, lead)
+  cats = None
+  if where is not None:
+    w = jnp.asarray(where)
+    if w.dtype != jnp.bool_:
+      raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {w.dtype}.")
+    if _inputs.broadcast_shape(fn, {"logits": shape, "where": w.shape}) != shape:
+      raise ValueError(
+        f"{fn}: `where` with shape {tuple(w.shape)} must broadcast against the logits' shape "
+        f"{shape} (a token mask [..., T, 1], a category mask [K], or both)."
+      )
+    cats = jnp.broadcast_to(w, shape)
+    m = m & jnp.any(cats, axis=-1)  # a position with no included category counts for nothing
   dtype = _numerics.compute_dtype(jnp.result_type(pl.dtype, ql.dtype))
   pl = jnp.broadcast_to(pl.astype(dtype), shape)
   ql = jnp.broadcast_to(ql.astype(dtype), shape)
   tok = jnp.broadcast_to(jnp.where(m, tok, 0), lead)
-  kl = jnp.where(m, kl_divergence(p_logits=pl, q_logits=ql), 0.0)
+  kl = jnp.where(m, kl_divergence(p_logits=pl, q_logits=ql, where=cats), 0.0)
   # Exclusive reverse cumulative sum (no subtraction, so an infinite later term stays inf).
   rev = jnp.flip(jnp.cumsum(jnp.flip(kl, -1), axis=-1), -1)
   later = jnp.where(m, jnp.concatenate([rev[..., 1:], jnp.zeros_like(rev[..., :1])], -1), 0.0)
-  log_p = jnp.take_along_axis(jax.nn.log_softmax(pl, axis=-1), tok[..., None], axis=-1)[..., 0]
+  log_p = jnp.take_along_axis(_numerics.log_softmax(pl, cats), tok[..., None], axis=-1)[..., 0]
+  log_p = jnp.where(m, log_p, jnp.zeros_like(log_p))  # an excluded token is not read
   out = _with_score(kl, lax.stop_gradient(later), log_p)
   return _inputs.apply_base(out, base)
+
+
+AGGREGATIONS = (
+  "token-mean",
+  "token-sum",
+  "seq-mean-token-sum",
+  "seq-mean-token-mean",
+  "seq-mean-token-sum-norm",
+)
+
+
+@_api.public
+@_checks.roles(values="finite", mask="unchecked", mode="unchecked", normalizer="unchecked")
+def aggregate_tokens(
+  values: ArrayLike,
+  mask: ArrayLike,
+  mode: str = "token-mean",
+  *,
+  normalizer: float | None = None,
+) -> Array:
+  r"""Reduce per-token losses ``[..., T]`` (sequences of ``T`` tokens) to a scalar, as RL trainers do.
+
+  With :math:`m_{it}` the mask (the tokens that count) and :math:`v_{it}` the values, the
+  modes are named as verl's ``loss_agg_mode`` names them:
+
+  ========================== ======================================================================
+  mode                       value
+  ========================== ======================================================================
+  ``"token-mean"``           :math:`\sum_{it} m v / \sum_{it} m` (every token weighs the same)
+  ``"token-sum"``            :math:`\sum_{it} m v`
+  ``"seq-mean-token-sum"``   the mean over sequences of :math:`\sum_t m v`
+  ``"seq-mean-token-mean"``  the mean over sequences of :math:`\sum_t m v / \sum_t m`
+  ``"seq-mean-token-sum-norm"`` the mean over sequences of :math:`\sum_t m v`, divided by
+                             ``normalizer`` (Dr. GRPO's fixed divisor; default ``T``, the padded
+                             length)
+  ========================== ======================================================================
+
+  How strongly a long answer is penalised depends on the mode: ``"seq-mean-token-mean"``
+  (GRPO's, TRL's ``loss_type="grpo"``) gives every sequence the same total weight, so each
+  token of a long sequence counts less; ``"token-mean"`` (DAPO's and TRL's ``"bnpo"``/
+  ``"dapo"``) and the sum modes weigh tokens alike (Liu et al., 2025, "Understanding R1-Zero-
+  like training"). The KL guide shows which mode gives the sequence-level KL gradient of a
+  regularised objective.
+
+  A sequence with no token that counts is left out of the sequence count (verl's
+  ``exclude_fully_masked_seq``, OpenRLHF's aggregation): never NaN, and a batch with no
+  token at all gives 0 (with zero gradient). Masked positions are not read (NaN there is
+  harmless). verl's ``"seq-mean-token-sum-norm"`` divides the batch's *sum* of sequence
+  totals by the constant, so it equals this mode times the number of sequences; TRL's
+  ``"dr_grpo"`` divides by the batch size (every sequence) times ``max_completion_length``:
+  this mode with that ``normalizer`` where no sequence is empty.
+
+  Args:
+    values: ``[..., T]`` per-token values (a policy loss, a KL penalty).
+    mask: bool, broadcastable to ``values``: the tokens that count.
+    mode: one of the modes above.
+    normalizer: the divisor of ``"seq-mean-token-sum-norm"`` (default ``T``); only that
+      mode takes it.
+
+  Returns:
+    A scalar.
+
+  Example:
+    >>> v = jnp.array([[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]])
+    >>> m = jnp.array([[True, True, True, True], [True, False, False, False]])
+    >>> [round(float(aggregate_tokens(v, m, mode)), 6) for mode in
+    ...  ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean")]
+    [1.2, 6.0, 3.0, 1.5]
+    >>> float(aggregate_tokens(v, m, "seq-mean-token-sum-norm"))  # 3.0 / 4
+    0.75
+
+  References:
+    Z. Liu et al., "Understanding R1-Zero-like training: a critical perspective" (Dr. GRPO,
+    2025); Q. Yu et al., "DAPO" (2025); verl's ``agg_loss`` (``verl/trainer/ppo/core_algos.py``).
+
+  See also:
+    :func:`kl_estimate`, :func:`sequence_kl_penalty`.
+  """
+  fn = "aggregate_tokens"
+  if not isinstance(mode, str) or mode not in AGGREGATIONS:
+    raise ValueError(
+      f"{fn}: unknown `mode`={mode!r}; valid modes are {', '.join(map(repr, AGGREGATIONS))}."
+    )
+  v = _inputs.as_float(fn, "values", values)
+  if v.ndim < 1:
+    raise ValueError(f"{fn}: `values` needs a token axis ([..., T]), got a scalar.")
+  m = jnp.asarray(mask)
+  if m.dtype != jnp.bool_:
+    raise TypeError(f"{fn}: `mask` must be bool, got dtype {m.dtype}.")
+  if _inputs.broadcast_shape(fn, {"values": v.shape, "mask": m.shape}) != v.shape:
+    raise ValueError(
+      f"{fn}: `mask` with shape {tuple(m.shape)} must broadcast to the values' shape {v.shape}."
+    )
+  if normalizer is not None and mode != "seq-mean-token-sum-norm":
+    raise ValueError(f"{fn}: `normalizer` applies to mode 'seq-mean-token-sum-norm' only.")
+  norm, normv = _inputs.scalar_option(
+    fn, "normalizer", v.shape[-1] if normalizer is None else normalizer, positive=True
+  )
+  dtype = _numerics.compute_dtype(v.dtype)
+  m = jnp.broadcast_to(m, v.shape)
+  masked = jnp.where(m, v.astype(dtype), jnp.zeros(v.shape, dtype))
+  counts = jnp.sum(m, axis=-1).astype(dtype)  # tokens per sequence
+  sums = jnp.sum(masked, axis=-1)
+  if mode == "token-sum":
+    return jnp.sum(sums)
+  if mode == "token-mean":
+    return jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1)
+  seqs = jnp.maximum(jnp.sum(counts > 0).astype(dtype), 1)
+  if mode == "seq-mean-token-mean":
+    return jnp.sum(sums / jnp.maximum(counts, 1)) / seqs
+  total = jnp.sum(sums) / seqs
+  if mode == "seq-mean-token-sum-norm":
+    return total / jnp.asarray(norm, dtype)
+  return total

@@ -57,6 +57,7 @@ class _Pair:
   def __init__(self, fn, p, q, p_logits, q_logits, axis, where, base=None, *, stored=(None,) * 4,
                tail="residual", head=None):  # fmt: skip
     _inputs.check_base(fn, base)
+    _inputs.check_tail(fn, tail)
     head = head or _inputs.Head(None, None)
     self.finish = lambda x: x
     st = _inputs.stored_side(fn, *stored, p=p, p_logits=p_logits, q=q, q_logits=q_logits)

@@ -429,9 +429,8 @@ def _pair_sides(fn, p_hidden, p_weight, p_logits, p_indices, p_log_probs,
 
 def _pair_job(fn, kind, sides_args, tail, temperature, soft_cap, where, reduction, chunks,
               base, instead, mix=None) -> Job:  # fmt: skip
+  _inputs.check_tail(fn, tail)
   sides, batch, num_v = _pair_sides(fn, *sides_args)
-  if any(s.kind == "sparse" for s in sides.values()):
-    _inputs.check_tail(fn, tail)
   options = {}
   head = _head(fn, temperature, soft_cap, options)
   diff = ()
@@ -987,3 +986,203 @@ def linear_total_variation_distance(
   return _pair_job(fn, "tv", sides, tail, temperature, soft_cap, where, reduction,
                    (chunk_size, token_chunk_size), False,
                    "jaxdiv.total_variation_distance(p_logits=..., q_logits=...)")  # fmt: skip
+
+
+DIVERGENCES = ("kl", "reverse_kl", "jsd", "gkd", "skew_kl", "tv")
+
+
+@_doc
+@fused(
+  hidden="finite",
+  weight="classifier",
+  labels="labels",
+  teacher_hidden="finite",
+  teacher_weight="classifier",
+  teacher_logits="logits",
+  teacher_indices="indices",
+  teacher_log_probs="log_probs",
+  tail="unchecked",
+  divergence="unchecked",
+  beta="unchecked",
+  alpha="unchecked",
+  temperature="unchecked",
+  scale_by_temperature_squared="unchecked",
+  hard_weight="unchecked",
+  soft_weight="unchecked",
+  where="where",
+  reduction="unchecked",
+  chunk_size="unchecked",
+  token_chunk_size="unchecked",
+)
+def linear_distillation_loss(
+  fn,
+  hidden: ArrayLike,
+  weight: ArrayLike,
+  labels: ArrayLike,
+  *,
+  teacher_hidden: ArrayLike | None = None,
+  teacher_weight: ArrayLike | None = None,
+  teacher_logits: ArrayLike | None = None,
+  teacher_indices: ArrayLike | None = None,
+  teacher_log_probs: ArrayLike | None = None,
+  tail: str = "residual",
+  divergence: str = "kl",
+  beta: ArrayLike = 0.5,
+  alpha: ArrayLike = 0.1,
+  temperature: ArrayLike = 1.0,
+  scale_by_temperature_squared: bool = False,
+  hard_weight: ArrayLike = 0.0,
+  soft_weight: ArrayLike = 1.0,
+  where: ArrayLike | None = None,
+  reduction: str | None = None,
+  chunk_size: int | None = None,
+  token_chunk_size: int | None = None,
+) -> Array:
+  r"""A distillation loss of the student ``softmax(hidden @ weight)``: hard labels plus a soft teacher, one sweep.
+
+  .. math::
+    \ell = w_h\, H(\mathbb{1}_y, s) + w_s\, [T^2]\, D\big(t_T, s_T\big),
+    \qquad s_T = \mathrm{softmax}(h W / T),\ t_T = \mathrm{softmax}(z^t / T)
+
+  per token, with the hard term at temperature 1 (``hard_weight`` :math:`w_h`, cross-entropy
+  against ``labels``) and the soft term between the teacher and the student at temperature
+  ``T`` (``soft_weight`` :math:`w_s`, times :math:`T^2` with
+  ``scale_by_temperature_squared``, Hinton et al.'s convention, which keeps the soft
+  gradients' size as ``T`` changes). Both terms read the same blocks of the student's
+  logits, so the hard term costs an extra pass over each block, not another product.
+
+  ``divergence`` picks :math:`D`, in the order the frameworks use:
+
+  * ``"kl"``: :math:`\mathrm{KL}(t\|s)`, forward KL (Hinton; MaxText's
+    :math:`\alpha T^2 \mathrm{KL} + (1 - \alpha)\,\mathrm{CE}` is ``soft_weight=alpha``,
+    ``hard_weight=1 - alpha``, ``scale_by_temperature_squared=True``);
+  * ``"reverse_kl"``: :math:`\mathrm{KL}(s\|t)` (MiniLLM, on-policy distillation);
+  * ``"jsd"``: :math:`\mathrm{JS}_\beta(t\|s) = \beta\,\mathrm{KL}(t\|m) + (1-\beta)\,\mathrm{KL}(s\|m)`,
+    :math:`m = \beta t + (1-\beta) s` (``beta`` the teacher's weight, as Liger's
+    ``LigerFusedLinearJSDLoss``), 0 at :math:`\beta \in \{0, 1\}`;
+  * ``"gkd"``: TRL's ``generalized_jsd_loss``: ``"jsd"`` for :math:`0 < \beta < 1`, and at
+    the ends TRL's switch to forward KL (:math:`\beta = 0`) and reverse KL
+    (:math:`\beta = 1`), which needs a concrete ``beta``;
+  * ``"skew_kl"``: :math:`\mathrm{KL}(t\|\alpha t + (1-\alpha) s)` (DistiLLM, ``alpha``);
+  * ``"tv"``: the total variation distance.
+
+  The teacher is ``teacher_hidden``/``teacher_weight`` (its head), ``teacher_logits``, or
+  stored categories ``teacher_indices`` with ``teacher_log_probs`` compared on the cells of
+  ``tail`` (see :func:`linear_kl_divergence`; store the log-probabilities at the loss's
+  temperature: they are used as given). A negative label (``-100``) ignores the token for
+  both terms (Liger's ``ignore_index``); {where}
+
+  {blocks}
+
+  Args:
+    hidden: ``[..., D]`` the student's hidden states.
+    weight: ``[D, V]`` the student's output projection.
+    labels: ``[...]`` integer targets (negative: the token is ignored).
+    teacher_hidden: ``[..., D_t]`` the teacher's hidden states (with ``teacher_weight``).
+    teacher_weight: ``[D_t, V]`` the teacher's output projection.
+    teacher_logits: ``[..., V]`` the teacher's logits instead of its head.
+    teacher_indices: ``[..., k]`` stored teacher categories instead (with
+      ``teacher_log_probs``).
+    teacher_log_probs: ``[..., k]`` their log-probabilities (``-inf``: padding).
+    tail: with a stored teacher, ``"residual"``, ``"renormalize"`` or ``"truncate"``.
+    divergence: ``"kl"``, ``"reverse_kl"``, ``"jsd"``, ``"gkd"``, ``"skew_kl"`` or ``"tv"``.
+    beta: the teacher's weight in ``"jsd"`` and ``"gkd"``, in :math:`[0, 1]`.
+    alpha: the skew of ``"skew_kl"``, in :math:`[0, 1]`.
+    temperature: :math:`T > 0` of the soft term (the hard term is at 1).
+    scale_by_temperature_squared: multiply the soft term by :math:`T^2`.
+    hard_weight: :math:`w_h \ge 0`, the hard term's weight (0: not computed).
+    soft_weight: :math:`w_s \ge 0`, the soft term's weight.
+    where: boolean mask broadcastable against ``[..., V]``.
+    {args}
+
+  Returns:
+    ``[...]`` per-token loss (0 at ignored tokens), or the sum or mean over the tokens
+    that count.
+
+  Example:
+    >>> h = jnp.array([[1.0, 0.0], [0.0, 1.0]]); w = jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> t = jnp.array([[3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    >>> loss = linear_distillation_loss(h, w, jnp.array([0, -100]), teacher_logits=t,
+    ...                                 hard_weight=0.5, soft_weight=0.5)
+    >>> kl = jaxdiv.kl_divergence(p_logits=t, q_logits=h @ w)
+    >>> ce = jaxdiv.cross_entropy(labels=jnp.array([0, 0]), q_logits=h @ w)
+    >>> [round(float(x), 6) for x in loss], round(float(0.5 * ce[0] + 0.5 * kl[0]), 6)
+    ([0.146805, 0.0], 0.146805)
+
+  References:
+    Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network" (2015);
+    Agarwal et al., "On-policy distillation of language models" (GKD), ICLR (2024);
+    Ko et al., "DistiLLM", ICML (2024); Gu et al., "MiniLLM", ICLR (2024).
+
+  See also:
+    :func:`linear_kl_divergence`, :func:`linear_jensen_shannon_divergence`,
+    :func:`linear_cross_entropy`, :doc:`/guides/migration`.
+  """
+  student = _head_side(fn, hidden, weight, "hidden", "weight")
+  labels = _labels(fn, labels, student.batch)
+  num_v = student.weight.shape[1]
+  teacher = _side(
+    fn, "teacher", teacher_hidden, teacher_weight, teacher_logits, teacher_indices,
+    teacher_log_probs,
+    names=("teacher_hidden", "teacher_weight", "teacher_logits", "teacher_indices",
+           "teacher_log_probs"),
+  )  # fmt: skip
+  if teacher is None:
+    raise ValueError(
+      f"{fn}: the teacher is missing; give `teacher_hidden` and `teacher_weight`, "
+      f"`teacher_logits`, or `teacher_indices` with `teacher_log_probs`."
+    )
+  teacher = _sparse_now(fn, "teacher", teacher, num_v)
+  if teacher.batch != student.batch or _num_v(teacher) not in (None, num_v):
+    raise ValueError(
+      f"{fn}: the teacher must have the student's batch shape {student.batch} and vocabulary "
+      f"size {num_v}; got batch {teacher.batch}, V={_num_v(teacher)}."
+    )
+  if divergence not in DIVERGENCES:
+    raise ValueError(
+      f"{fn}: `divergence` must be one of {', '.join(map(repr, DIVERGENCES))}; got {divergence!r}."
+    )
+  _inputs.check_tail(fn, tail)
+  if not isinstance(scale_by_temperature_squared, bool):
+    raise TypeError(f"{fn}: `scale_by_temperature_squared` must be True or False.")
+  options = {}
+  head = _head(fn, temperature, None, options)
+  kind, mix = divergence, None
+  if divergence in ("jsd", "gkd"):
+    mix = _mix_weight(fn, "beta", beta, "the teacher's weight in [0, 1]")
+    if divergence == "gkd":
+      _, bv = _inputs.scalar_option(fn, "beta", beta, low=0.0, high=1.0)
+      if bv is None:
+        raise TypeError(
+          f"{fn}: divergence='gkd' needs a concrete `beta` (a Python number): at 0 and 1 it "
+          f"switches to another divergence. Use divergence='jsd' for a traced `beta`."
+        )
+      kind = "kl" if bv == 0.0 else "reverse_kl" if bv == 1.0 else "jsd"
+  elif divergence == "skew_kl":
+    mix = _mix_weight(fn, "alpha", alpha, "the skew alpha in [0, 1]")
+  reverse = kind == "reverse_kl"
+  sides = {"q": student, "p": teacher} if not reverse else {"p": student, "q": teacher}
+  student_side = "p" if reverse else "q"
+  ws, wsv = _inputs.scalar_option(fn, "soft_weight", soft_weight, low=0.0)
+  wh, whv = _inputs.scalar_option(fn, "hard_weight", hard_weight, low=0.0)
+  scale = jnp.asarray(ws)
+  if scale_by_temperature_squared:
+    scale = scale * jnp.asarray(temperature) ** 2
+  options["soft_weight"] = scale
+  diff = ()
+  if mix is not None and kind != "kl" and kind != "reverse_kl":
+    options["mix"], diff = mix, ("mix",)
+  pair_kind = "kl" if kind in ("kl", "reverse_kl") else kind
+  comps = []
+  if wsv != 0.0:
+    soft = _divergence_term(fn, pair_kind, sides, tail, head, "mix" if "mix" in options else None)
+    comps.append(soft._replace(weight="soft_weight"))
+  if whv != 0.0:
+    options["hard_weight"] = jnp.asarray(wh)
+    comps.append(_comp(L.LabelsCE, (student_side,), weight="hard_weight"))
+  if not comps:
+    raise ValueError(f"{fn}: `hard_weight` and `soft_weight` are both 0: there is no loss.")
+  rows = {"labels": labels, "row_mask": labels >= 0}  # an ignored token: both terms 0
+  instead = "jaxdiv.kl_divergence / jaxdiv.cross_entropy on materialised logits"
+  return _job(fn, comps, sides, student.batch, num_v, rows, where, reduction,
+              (chunk_size, token_chunk_size), False, instead, options, diff)  # fmt: skip

@@ -324,7 +324,7 @@ class Sparse(NamedTuple):
 
 
 def check_tail(fn: str, tail) -> str:
-  if tail not in TAILS:
+  if not isinstance(tail, str) or tail not in TAILS:
     raise ValueError(f"{fn}: `tail` must be one of {', '.join(map(repr, TAILS))}; got {tail!r}.")
   return tail
 

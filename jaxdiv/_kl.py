@@ -210,6 +210,7 @@ def cross_entropy(
   _inputs.check_base(fn, base)
   eps = _label_smoothing(fn, label_smoothing, labels)
   head = _inputs.head_options(fn, temperature, soft_cap)
+  _inputs.check_tail(fn, tail)
   zl, zlv = _inputs.scalar_option(fn, "z_loss", z_loss, low=0.0)
   stored = _inputs.stored_side(
     fn, p_indices, p_log_probs, q_indices, q_log_probs,
@@ -344,6 +345,7 @@ def kl_divergence(
   fn = "kl_divergence"
   _inputs.check_base(fn, base)
   head = _inputs.head_options(fn, temperature, soft_cap)
+  _inputs.check_tail(fn, tail)
   stored = _inputs.stored_side(
     fn, p_indices, p_log_probs, q_indices, q_log_probs,
     p=p, p_logits=p_logits, labels=labels, q=q, q_logits=q_logits,

@@ -85,13 +85,13 @@ def _check_mesh(fn: str, mesh, axis_name, data_axis_name, num_rows: int, num_v: 
 def _spec(name: str, vocab, data) -> PartitionSpec:
   """How a job's array is split: weights and vocabulary masks along V, per-token arrays
   along the rows, logits both ways, options replicated."""
-  if name.endswith("_weight"):
+  if name in _drivers.WEIGHTS:
     return P(None, vocab)
-  if name.endswith("_values") or name == "full_mask":
+  if name in ("p_values", "q_values", "full_mask"):
     return P(data, vocab)
   if name == "vocab_mask":
     return P(vocab)
-  if name.endswith("_hidden") or name in _drivers._PER_ROW:
+  if name in _drivers.HIDDEN or name in _drivers._PER_ROW:
     return P(data)
   return P()
 
@@ -319,6 +319,17 @@ sharded_linear_total_variation_distance = vocabulary_parallel(
     1.0""",
 )
 
+sharded_linear_distillation_loss = vocabulary_parallel(
+  _fused.linear_distillation_loss,
+  r"A distillation loss (hard labels plus a soft teacher) of a linear head, V sharded.",
+  r"""    >>> mesh = jax.make_mesh((1,), ("vocab",))
+    >>> h = jnp.array([[1.0, 0.0]]); w = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+    >>> loss = sharded_linear_distillation_loss(h, w, jnp.array([0]), teacher_logits=h @ w,
+    ...                                         mesh=mesh, axis_name="vocab")
+    >>> float(loss[0])  # the student is its own teacher
+    0.0""",
+)
+
 
 # ---------------------------------------------------------------------------
 # Materialised logits, vocabulary sharded
@@ -351,21 +362,15 @@ def _materialised_job(fn, kind, p, p_logits, labels, q_logits, where, base) -> _
     comp = _fused._comp(L.LabelsCE, ("q",))
     rows = {"labels": labels, "row_mask": labels >= 0}
   else:
-    pv = _logits(fn, ps.name, ps.value)
-    if pv.shape[-1] != num_v:
+    _logits(fn, ps.name, ps.value)
+    # the core's checks: a probability side needs its own categories, shapes broadcast
+    a = _inputs.align(fn, ps, _inputs.Source("logits", "q_logits", zq), where=where)
+    if a.shape[:-1] != batch:
       raise ValueError(
-        f"{fn}: `{ps.name}` with shape {pv.shape} has {pv.shape[-1]} categories, but "
-        f"`q_logits` with shape {zq.shape} has {num_v}; a distribution cannot be broadcast "
-        f"along its own categories."
+        f"{fn}: `{ps.name}` with shape {ps.value.shape} must not add batch dimensions to "
+        f"`q_logits` with shape {zq.shape}."
       )
-    try:
-      pv = jnp.broadcast_to(pv, zq.shape)
-    except ValueError:
-      raise ValueError(
-        f"{fn}: `{ps.name}` with shape {pv.shape} does not broadcast against `q_logits` with "
-        f"shape {zq.shape}."
-      ) from None
-    sides["p"] = _fused._Side("logits", logits=pv)
+    sides["p"] = _fused._Side("logits", logits=a.sources[0].value)
     if ps.kind == "probs":
       comp = _fused._comp(L.Soft, ("p", "q"), flags=(("kind", kind),))
     else:
