@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdiv import _kernels
+from jaxdiv import _numerics
 
 _BLOCK_BYTES = 1 << 20  # per input and block of rows: a block's passes stay in cache
 _FAST_MIN_SIZE = 4096  # elements below which the fast formulas' conditionals cost more
@@ -42,12 +42,14 @@ _UNSHIFTED_MIN_LOG_SUM = -20.0  # ... keeping rows whose log-normaliser is at le
 _GLOBAL_SAMPLES = 4096  # logits over the whole array whose maximum decides the above
 
 
-def strategy(name: str, *args):
-  """The CPU statistics function for ``name`` and these inputs (the portable formula,
-  in row blocks where the input is larger than one, and the fast formulas where they
-  apply), folding ``vmap`` into the rows."""
+def strategy(portable, *args):
+  """The CPU statistics function for the portable rows function ``portable`` (one of
+  :mod:`jaxdiv._kernels`' ``*_rows``, given by the caller: this module does not import the
+  kernels) and these inputs: the portable formula, in row blocks where the input is larger
+  than one, and the fast formulas where they apply, folding ``vmap`` into the rows."""
+  name = portable.__name__
   x, z, where, *static = args  # every kernel: (p / p_logits / labels, logits, where, ...)
-  exact = _exact(name, z)
+  exact = _exact(portable, z)
   fast = _FAST.get(name)
   fast_applies = (
     fast is not None
@@ -55,21 +57,20 @@ def strategy(name: str, *args):
     and not any(static)  # label smoothing: the exact rows
     and z.size >= _FAST_MIN_SIZE
   )
-  portable = getattr(_kernels, name)
   exact = exact or portable
   if not fast_applies:
-    return _fold_vmap(name, exact, len(static))
+    return _fold_vmap(portable, exact, len(static))
   logits = (0, 1) if name in ("kl_rows", "ce_rows") else (1,)
-  return _fold_vmap(name, functools.partial(_fast_or_exact, fast, exact, logits), len(static))
+  return _fold_vmap(portable, functools.partial(_fast_or_exact, fast, exact, logits), len(static))
 
 
-def _exact(name: str, z):
+def _exact(portable, z):
   """The portable rows over blocks of rows, or None where the input fits in one block."""
   rows, num_v = math.prod(z.shape[:-1]), z.shape[-1]
   block = max(1, _BLOCK_BYTES // (4 * max(num_v, 1)))
   if rows <= block:
     return None
-  rows_fn = getattr(_kernels, name)
+  rows_fn = portable
   if jnp.dtype(z.dtype).itemsize < 4:  # converted inside the loop, not hoisted out of it
     rows_fn = functools.partial(rows_fn, fresh=lax.optimization_barrier)
 
@@ -86,7 +87,7 @@ def _exact(name: str, z):
   return run
 
 
-def _fold_vmap(name: str, fn, num_static: int):
+def _fold_vmap(portable, fn, num_static: int):
   """``fn`` whose ``vmap`` runs the CPU strategy on the batched inputs (the mapped axis
   folded into the rows) instead of batching ``fn``'s loop or conditional."""
 
@@ -105,7 +106,7 @@ def _fold_vmap(name: str, fn, num_static: int):
         return jnp.broadcast_to(v, (axis_size, *v.shape))
 
       x, z, where = (lift(v, b) for v, b in zip((x, z, where), in_batched, strict=True))
-      out = strategy(name, x, z, where, *static)(x, z, where, *static)
+      out = strategy(portable, x, z, where, *static)(x, z, where, *static)
       return out, tuple(True for _ in out)
 
     return folded(*args[:3])
@@ -129,7 +130,7 @@ def _seal(x):
   return jnp.where(x == x, x, jnp.full_like(x, jnp.nan))
 
 
-_up, _dtype = _kernels._up, _kernels._dtype  # the kernels' upcast and compute dtype
+_up, _dtype = _numerics.upcast, _numerics.compute_dtype_of
 
 
 def _sample_max(x):

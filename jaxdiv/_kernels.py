@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxdiv import _numerics
+from jaxdiv import _cpu, _numerics
 
 Array = jax.Array
 
@@ -45,12 +45,7 @@ Array = jax.Array
 # ---------------------------------------------------------------------------
 
 
-def _dtype(*xs: Array) -> jnp.dtype:
-  return _numerics.compute_dtype(jnp.result_type(*(x.dtype for x in xs)))
-
-
-def _up(x: Array, dtype) -> Array:
-  return x if x.dtype == dtype else x.astype(dtype)
+_dtype, _up = _numerics.compute_dtype_of, _numerics.upcast
 
 
 def _log_sum(d: Array, where: Array | None) -> Array:
@@ -185,12 +180,10 @@ def _per_platform(name: str, *static):
   :mod:`jaxdiv._cpu` strategy on CPU, the portable formula elsewhere. The choice is made
   at trace time (``platform_dependent`` lowers to the branch of the platform compiled
   for)."""
-  from jaxdiv import _cpu  # imports this module, so bound at call time
-
   portable = globals()[name]
 
   def rows(*args):
-    cpu = _cpu.strategy(name, *args, *static)
+    cpu = _cpu.strategy(portable, *args, *static)
     return lax.platform_dependent(
       *args, cpu=lambda *a: cpu(*a, *static), default=lambda *a: portable(*a, *static)
     )

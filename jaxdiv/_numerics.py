@@ -41,6 +41,16 @@ def compute_dtype(dtype) -> jnp.dtype:
   return dtype
 
 
+def compute_dtype_of(*xs: Array) -> jnp.dtype:
+  """:func:`compute_dtype` of the arrays' common dtype."""
+  return compute_dtype(jnp.result_type(*(x.dtype for x in xs)))
+
+
+def upcast(x: Array, dtype) -> Array:
+  """``x`` in ``dtype`` (no conversion where it already is)."""
+  return x if x.dtype == dtype else x.astype(dtype)
+
+
 def flush_subnormal_upcast(original: Array, upcast: Array) -> Array:
   """Probabilities upcast from 16 bits with float32-subnormal values set to exactly 0.
 
