@@ -113,13 +113,20 @@ class Side(NamedTuple):
   hidden_t: Array | None = None  # [D, N] contiguous, for the weight's gradient (see drivers)
 
 
+def operand_dtype(storage, compute):
+  """The dtype a head's product takes its operands in: 16-bit floats as they are (the
+  product accumulates in float32), anything else in the compute dtype."""
+  storage = jnp.dtype(storage)
+  return storage if storage.itemsize < 4 and jnp.issubdtype(storage, jnp.floating) else compute
+
+
 def raw_block(side: Side, rows: Range, cols: Range, dtype) -> Array:
   """The block ``rows x cols`` of ``side``'s raw logits (or probabilities), in ``dtype``."""
   if side.kind != "head":
     v = lax.dynamic_slice(side.values, (rows.start, cols.start), (rows.size, cols.size))
     return v.astype(dtype)
   h = rows_of(side.hidden, rows)
-  w = lax.dynamic_slice_in_dim(side.weight, cols.start, cols.size, 1).astype(dtype)
+  w = lax.dynamic_slice_in_dim(side.weight, cols.start, cols.size, 1).astype(h.dtype)
   return jnp.dot(h, w, preferred_element_type=dtype)
 
 
@@ -131,12 +138,29 @@ class Head(NamedTuple):
 
 
 def transform(head: Head, raw: Array) -> Array:
+  """``cap tanh(r / cap) / T``; a ``-inf`` logit (an impossible category) stays ``-inf``."""
   z = raw
   if head.soft_cap is not None:
-    z = head.soft_cap * jnp.tanh(z / head.soft_cap)
+    capped = head.soft_cap * jnp.tanh(z / head.soft_cap)
+    z = jnp.where(z == -jnp.inf, z, capped)
   if head.temperature is not None:
     z = z / head.temperature
   return z
+
+
+def shifted(head: Head, raw: Array, m_raw: Array) -> Array:
+  """``transform(raw) - transform(m_raw)`` per row (``m_raw [n]`` finite), formed so that it
+  is exactly 0 where ``raw == m_raw``, in whichever pass XLA computes it: the difference is
+  taken before the transform (for the cap, ``tanh a - tanh b = tanh(a - b) (1 - tanh a
+  tanh b)``). ``-inf`` stays ``-inf``."""
+  d = raw - m_raw[:, None]
+  if head.soft_cap is not None:
+    c = head.soft_cap
+    capped = c * jnp.tanh(d / c) * (1 - jnp.tanh(raw / c) * jnp.tanh(m_raw / c)[:, None])
+    d = jnp.where(raw == -jnp.inf, raw, capped)
+  if head.temperature is not None:
+    d = d / head.temperature
+  return d
 
 
 def head_derivative(head: Head, raw: Array, dz: Array) -> Array:
@@ -256,27 +280,29 @@ def lse_empty(n: int, dtype) -> Lse:
   return Lse(jnp.full((n,), -jnp.inf, dtype), jnp.full((n,), -1, dtype))
 
 
-def lse_block(z: Array) -> Lse:
-  r"""The :class:`Lse` of a block ``z [n, c]``: the sum leaves the arg-max terms out.
+def lse_block(raw: Array, head: Head = Head(None, None), keep=None) -> Lse:
+  r"""The :class:`Lse` of a block of logits ``transform(head, raw)`` (``-inf`` where ``keep``
+  is False), the sum leaving the arg-max terms out.
 
-  Three arithmetic passes: the maximum ``m``; ``a = sum_v (e^{d_v} - 1[d_v = 0])`` with
-  ``d = z - m``, which keeps the arg-max terms' 1s out of the accumulators, so that a
-  confident row keeps its digits; and the number of terms at the maximum,
-  ``sum_v 1[d_v = 0]``, exactly (an integer). The indicator is ``max(0, 1 + K d)`` for the
-  largest finite ``K``: exact for every gap a float can hold but subnormal ones. Then
-  ``t = a + (count - 1)``; an empty row (all ``-inf``) gives ``t = -1``.
+  The maximum is taken on the raw logits (a transform is increasing), then two
+  arithmetic passes over ``d = transform(raw) - transform(max)``: ``a = sum_v (e^{d_v} -
+  1[d_v = 0])``, which keeps the arg-max terms' 1s out of the accumulators, so that a
+  confident row keeps its digits, and the number of terms at the maximum,
+  ``sum_v 1[d_v = 0]``, exactly (an integer); ``t = a + (count - 1)``. The two sums must
+  agree on which terms are at the maximum although XLA recomputes ``d`` in each pass, with
+  its own rounding of a transform: :func:`shifted` makes ``d`` exactly 0 there in any
+  pass. The indicator is ``max(0, 1 + K d)`` for ``K = 2**100``. An empty row (all
+  ``-inf``) gives ``t = -1``.
   """
-  m = jnp.max(z, axis=-1)
-  k = float(jnp.finfo(z.dtype).max)
-
-  def at_max(m):  # a step: no derivative
-    return lax.stop_gradient(jnp.maximum(0.0, 1.0 + k * (z - m[:, None])))
-
-  m1 = fresh(finite_or_zero(m))
-  a = jnp.sum(jnp.exp(z - m1[:, None]) - at_max(m1), axis=-1)
-  count = jnp.sum(at_max(fresh(finite_or_zero(m))), axis=-1)
-  t = a + (count - 1)
-  return Lse(m, jnp.where(m == jnp.inf, jnp.full_like(t, jnp.nan), t))
+  r = exclude(raw, keep)
+  m_raw = jnp.max(r, axis=-1)
+  mf = finite_or_zero(m_raw)
+  d = shifted(head, r, mf)
+  at_max = lax.stop_gradient(jnp.maximum(0.0, 1.0 + 2.0**100 * jnp.minimum(d, 0.0)))  # a step
+  a = jnp.sum(jnp.exp(d) - at_max, axis=-1)
+  t = a + (jnp.sum(at_max, axis=-1) - 1)
+  m = jnp.where(m_raw == -jnp.inf, m_raw, transform(head, mf))
+  return Lse(m, jnp.where(m_raw == jnp.inf, jnp.full_like(t, jnp.nan), t))
 
 
 def lse_parts(s: Lse, m: Array) -> tuple[Array, Array]:

@@ -45,6 +45,9 @@ Array = jax.Array
 # by as many categories as fit.
 BLOCK_ELEMENTS = 3 << 22
 _MIN_ROWS = 128
+# Where the whole vocabulary does not fit: blocks of _MIN_ROWS tokens and this many
+# elements per head (8 MiB in float32).
+VOCAB_BLOCK_ELEMENTS = 1 << 21
 # The elementwise passes run on row sub-blocks of about this many elements (1 MiB in
 # float32), so that what XLA writes out between passes stays in cache.
 SUB_ELEMENTS = 1 << 18
@@ -100,9 +103,9 @@ def plan(num_rows: int, num_v: int, chunk_size=None, token_chunk_size=None, side
   if chunk_size is None and token_chunk_size is None:
     if min(n, _MIN_ROWS) * v <= budget:
       chunk_size, token_chunk_size = v, budget // v
-    else:
+    else:  # the statistics merge over vocabulary blocks: small ones are as fast
       token_chunk_size = _MIN_ROWS
-      chunk_size = budget // _MIN_ROWS
+      chunk_size = max(1, VOCAB_BLOCK_ELEMENTS // max(sides, 1) // _MIN_ROWS)
   elif chunk_size is None:
     chunk_size = max(1, budget // min(token_chunk_size, n))
   elif token_chunk_size is None:
@@ -150,6 +153,12 @@ class Ctx:
     if side not in self._z:
       self._z[side] = B.exclude(B.transform(self.head(), self._raws[side]), self.keep)
     return self._z[side]
+
+  def lse(self, side: str, bias=None) -> B.Lse:
+    """The block's :class:`~jaxdiv._blocks.Lse` of ``side`` (``bias``: added to the raw
+    logits, ``-inf`` to leave categories out)."""
+    raw = self._raws[side] if bias is None else self._raws[side] + bias
+    return B.lse_block(raw, self.head(), self.keep)
 
   def probs(self, side: str) -> Array:
     """The block's probabilities of a ``"probs"`` side: NaN where negative, 0 where excluded."""
@@ -416,15 +425,19 @@ def _gradients(pb: Problem, rows, cols, raws, stats, g, acc):
   for side, d in _dz(pb, rows, cols, raws, stats, g).items():
     sd = pb.sides[side]
     if sd.kind == "head":
+      # 16-bit operands go to the products as they are (float32 accumulation), as the
+      # naive step's do: a float32 copy of the weight would be as large as the logits
+      ds = d.astype(B.operand_dtype(sd.weight.dtype, pb.dtype))
       if f"{side}_hidden" in acc:
-        w_blk = lax.dynamic_slice_in_dim(sd.weight, cols.start, cols.size, 1).astype(pb.dtype)
+        w_blk = lax.dynamic_slice_in_dim(sd.weight, cols.start, cols.size, 1)
+        w_blk = w_blk.astype(ds.dtype)
         acc[f"{side}_hidden_rows"] = acc[f"{side}_hidden_rows"] + jnp.dot(
-          d, w_blk.T, preferred_element_type=pb.dtype
+          ds, w_blk.T, preferred_element_type=pb.dtype
         )
       if f"{side}_weight" in acc:
         h_t = lax.dynamic_slice_in_dim(sd.hidden_t, rows.start, rows.size, 1)
         old = lax.dynamic_slice_in_dim(acc[f"{side}_weight"], cols.start, cols.size, 1)
-        new = old + jnp.dot(h_t, d, preferred_element_type=pb.dtype)
+        new = old + jnp.dot(h_t.astype(ds.dtype), ds, preferred_element_type=pb.dtype)
         acc[f"{side}_weight"] = lax.dynamic_update_slice_in_dim(
           acc[f"{side}_weight"], new, cols.start, 1
         )
@@ -553,8 +566,9 @@ def _reduce_grads(pb: Problem, acc):
 
 
 def problem(st: Static, arrays: dict, needs=frozenset()) -> Problem:
-  """The arrays of a call in the compute dtype (16-bit floats: float32); a masked row's
-  hidden state is zeroed, so that padding (even NaN) adds nothing to any gradient."""
+  """The arrays of a call in the compute dtype (16-bit floats: float32; a head's product
+  takes 16-bit operands as they are); a masked row's hidden state and logits are zeroed, so
+  that padding (even NaN) adds nothing to any gradient."""
   floats = [v for k, v in arrays.items() if k.startswith(SIDES) and v is not None]
   dtype = _numerics.compute_dtype(jnp.result_type(*floats))
   mask = arrays.get("row_mask")
@@ -565,12 +579,16 @@ def problem(st: Static, arrays: dict, needs=frozenset()) -> Problem:
     h = arrays[f"{s}_hidden"]
     h_t = None
     if h is not None:
-      h = B.zero_unless(None if mask is None else mask[:, None], h.astype(dtype))
+      op = B.operand_dtype(jnp.result_type(h.dtype, arrays[f"{s}_weight"].dtype), dtype)
+      h = B.zero_unless(None if mask is None else mask[:, None], h.astype(op))
       if f"{s}_weight" in needs:
         # A contiguous transpose: XLA's CPU dot is much slower when it contracts the rows
         # of a [rows, D] operand in place (docs' performance page).
         h_t = lax.optimization_barrier(h.T)
-    sides[s] = B.Side(kind, h, arrays[f"{s}_weight"], arrays[f"{s}_values"], h_t)
+    v = arrays[f"{s}_values"]
+    if v is not None and mask is not None:  # a masked row's logits likewise
+      v = jnp.where(mask[:, None], v, jnp.zeros_like(v))
+    sides[s] = B.Side(kind, h, arrays[f"{s}_weight"], v, h_t)
   rest = {}
   for k, v in arrays.items():
     if v is None or k.startswith(SIDES):

@@ -447,9 +447,10 @@ def aggregate_tokens(
   ``exclude_fully_masked_seq``, OpenRLHF's aggregation): never NaN, and a batch with no
   token at all gives 0 (with zero gradient). Masked positions are not read (NaN there is
   harmless). verl's ``"seq-mean-token-sum-norm"`` divides the batch's *sum* of sequence
-  totals by the constant, so it equals this mode times the number of sequences; TRL's
-  ``"dr_grpo"`` divides by the batch size (every sequence) times ``max_completion_length``:
-  this mode with that ``normalizer`` where no sequence is empty.
+  totals by the constant, so it equals this mode times the number of sequences with at
+  least one token; TRL's ``"dr_grpo"`` divides by the batch size (every sequence) times
+  ``max_completion_length``, and its ``"grpo"`` averages over every sequence too: these
+  modes where no sequence is empty.
 
   Args:
     values: ``[..., T]`` per-token values (a policy loss, a KL penalty).

@@ -201,7 +201,8 @@ def _masks(fn: str, where, batch: tuple, num_v: int) -> dict:
     return {"vocab_mask": w.reshape(num_v)}
   if last == 1:
     return {"row_mask": jnp.broadcast_to(w, (*batch, 1)).reshape(n)}
-  return {"full_mask": jnp.broadcast_to(w, shape).reshape(n, num_v)}
+  full = jnp.broadcast_to(w, shape).reshape(n, num_v)
+  return {"full_mask": full, "row_mask": jnp.any(full, axis=-1)}  # an empty row: masked
 
 
 # ---------------------------------------------------------------------------
@@ -671,8 +672,8 @@ def linear_kl_divergence(
   conventions): ``"residual"`` (default) adds one category holding each side's unlisted
   mass, the exact KL of the coarse-grained distributions (:math:`\ge 0` and, by the
   data-processing inequality, at most the full KL); ``"renormalize"`` restricts both to the
-  listed categories; ``"truncate"`` sums the listed terms only (MaxText's and verl's
-  top-k distillation; not a divergence).
+  listed categories (MaxText's top-k distillation); ``"truncate"`` sums the listed terms
+  only (MaxText's formula before June 2026; not a divergence, kept for compatibility).
 
   The value is formed in one pass over each block with running maxima and the running sum
   :math:`\sum_v e^{z^p_v - m_p}((z^p_v - m_p) - (z^q_v - m_q))`, so a constant added to
@@ -1058,11 +1059,12 @@ def linear_distillation_loss(
     ``hard_weight=1 - alpha``, ``scale_by_temperature_squared=True``);
   * ``"reverse_kl"``: :math:`\mathrm{KL}(s\|t)` (MiniLLM, on-policy distillation);
   * ``"jsd"``: :math:`\mathrm{JS}_\beta(t\|s) = \beta\,\mathrm{KL}(t\|m) + (1-\beta)\,\mathrm{KL}(s\|m)`,
-    :math:`m = \beta t + (1-\beta) s` (``beta`` the teacher's weight, as Liger's
-    ``LigerFusedLinearJSDLoss``), 0 at :math:`\beta \in \{0, 1\}`;
-  * ``"gkd"``: TRL's ``generalized_jsd_loss``: ``"jsd"`` for :math:`0 < \beta < 1`, and at
-    the ends TRL's switch to forward KL (:math:`\beta = 0`) and reverse KL
-    (:math:`\beta = 1`), which needs a concrete ``beta``;
+    :math:`m = \beta t + (1-\beta) s` (``beta`` the teacher's weight), the divergence
+    itself: 0 at :math:`\beta \in \{0, 1\}`;
+  * ``"gkd"``: TRL's ``generalized_jsd_loss`` and Liger's ``LigerFusedLinearJSDLoss``
+    (since Liger-Kernel PR #609): ``"jsd"`` for :math:`0 < \beta < 1`, and at the ends
+    their switch to forward KL (:math:`\beta = 0`) and reverse KL (:math:`\beta = 1`),
+    which needs a concrete ``beta``;
   * ``"skew_kl"``: :math:`\mathrm{KL}(t\|\alpha t + (1-\alpha) s)` (DistiLLM, ``alpha``);
   * ``"tv"``: the total variation distance.
 

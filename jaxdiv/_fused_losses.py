@@ -103,7 +103,7 @@ class LabelsCE:
   @staticmethod
   def stats(cx):
     z = cx.z(cx.side)
-    s = B.lse_block(z)
+    s = cx.lse(cx.side)
     local = LabelsCE._local(cx)
     zy = B.pick(z, local)[:, 0]
     kept = jnp.zeros_like(zy)
@@ -201,7 +201,7 @@ class PairStats(NamedTuple):
 
 def _pair_stats(cx, kl: bool) -> PairStats:
   zp, zq = cx.z("p"), cx.z("q")
-  sp, sq = B.lse_block(zp), B.lse_block(zq)
+  sp, sq = cx.lse("p"), cx.lse("q")
   mp, mq = B.fresh(fz(sp.m), fz(sq.m))
   dp, dq = B.clamp(zp - mp[:, None]), B.clamp(zq - mq[:, None])
   a = jnp.sum(jnp.exp(dp) * (dp - dq if kl else dq), axis=-1)
@@ -325,7 +325,7 @@ class Soft:
 
   @staticmethod
   def stats(cx):
-    return _QStats(B.lse_block(cx.z("q")))
+    return _QStats(cx.lse("q"))
 
   reduce = staticmethod(_q_reduce)
 
@@ -378,7 +378,7 @@ def _norms_empty(cx):
 
 
 def _norms_stats(cx):
-  return _Norms(B.lse_block(cx.z("p")), B.lse_block(cx.z("q")))
+  return _Norms(cx.lse("p"), cx.lse("q"))
 
 
 def _norms_reduce(s, ops):
@@ -579,8 +579,8 @@ class Sparse:
       kept = B.pick(jnp.broadcast_to(cx.keep, z.shape).astype(z.dtype), local)
     rest = B.lse_empty(z.shape[0], z.dtype)
     if cx.flag("tail") == "residual":
-      rest = B.lse_block(z + Sparse._unlisted(z, local))
-    return SparseStats(B.lse_block(z), listed, kept, rest)
+      rest = cx.lse(cx.side, bias=Sparse._unlisted(z, local))
+    return SparseStats(cx.lse(cx.side), listed, kept, rest)
 
   @staticmethod
   def _unlisted(z, local):

@@ -476,9 +476,9 @@ def transform_logits(fn: str, head: Head, *sources: Source) -> tuple[Source, ...
       out.append(s)
       continue
     z = s.value.astype(_numerics.compute_dtype(s.value.dtype))
-    if head.soft_cap is not None:
+    if head.soft_cap is not None:  # an impossible (-inf) category stays impossible
       c = jnp.asarray(head.soft_cap, z.dtype)
-      z = c * jnp.tanh(z / c)
+      z = jnp.where(z == -jnp.inf, z, c * jnp.tanh(z / c))
     if head.temperature is not None:
       z = z / jnp.asarray(head.temperature, z.dtype)
     out.append(s._replace(value=z))

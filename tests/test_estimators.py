@@ -351,3 +351,313 @@ def test_sequence_kl_penalty_bad_input_names_the_problem():
     jaxdiv.sequence_kl_penalty(z, z, jnp.zeros((2, 3), int), mask=jnp.ones((3, 3), bool))
   with pytest.raises(ValueError, match=r"cannot broadcast `p_logits`"):
     jaxdiv.sequence_kl_penalty(z, jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), int))
+
+
+# --- kl_estimate clamps, as verl and OpenRLHF apply them ------------------------------------
+#
+# verl: kl_penalty_forward / kl_penalty in verl/trainer/ppo/core_algos.py (volcengine/verl at
+# b178a3cd, January 2026); OpenRLHF: compute_approx_kl in openrlhf/models/utils.py. Both are
+# restated in float64 numpy; torch.clamp passes the gradient inside its bounds, 0 outside.
+
+VERL = dict(estimator="k3", log_ratio_clip=(-20, 20), clip=(-10, 10))
+
+
+def verl_low_var_kl(logprob, ref_logprob):
+  """verl's "low_var_kl"/"k3": its value and its gradients in (logprob, ref_logprob)."""
+  raw = ref_logprob - logprob
+  kl = np.clip(raw, -20, 20)
+  kld = np.exp(kl) - kl - 1
+  inside = (np.abs(raw) < 20) & (kld > -10) & (kld < 10)
+  d_kl = np.where(inside, np.exp(kl) - 1, 0.0)  # d kld / d (ref_logprob - logprob)
+  return np.clip(kld, -10, 10), -d_kl, d_kl
+
+
+def openrlhf_approx_kl(log_probs, log_probs_base, kl_estimator):
+  """OpenRLHF's compute_approx_kl: every estimator clamped to (-10, 10)."""
+  log_ratio = log_probs - log_probs_base
+  if kl_estimator == "k2":
+    log_ratio = log_ratio**2 / 2.0
+  elif kl_estimator == "k3":
+    log_ratio = np.exp(-log_ratio) - 1 + log_ratio
+  return np.clip(log_ratio, -10, 10)
+
+
+def _clamp_points():
+  """log r from -30 to 30, clear of the bounds (where torch and jax differ only in the
+  subgradient they pick), split into a policy and a reference log-probability."""
+  log_r = np.concatenate([np.linspace(-30, 30, 61) + 0.37, [-11.2, -10.8, 2.5, 2.7, 19.6, 20.4]])
+  logprob = -np.abs(np.random.default_rng(20).normal(size=log_r.shape)) - 1.0
+  return logprob, logprob + log_r
+
+
+def test_kl_estimate_clamps_match_verl_low_var_kl_values_and_gradients():
+  logprob, ref = _clamp_points()
+  want, d_logprob, d_ref = verl_low_var_kl(logprob, ref)
+
+  def f(lp, lq):
+    return jaxdiv.kl_estimate(lp, lq, **VERL)
+
+  got = f(ref, logprob)
+  g_ref, g_logprob = jax.vmap(jax.grad(f, argnums=(0, 1)))(ref, logprob)
+  np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+  np.testing.assert_allclose(g_logprob, d_logprob, rtol=1e-13, atol=0)
+  np.testing.assert_allclose(g_ref, d_ref, rtol=1e-13, atol=0)
+  assert np.sum(want == 10) >= 20 and np.sum(np.abs(ref - logprob) > 20) >= 18  # both bind
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_kl_estimate_clip_matches_openrlhf_compute_approx_kl(estimator):
+  logprob, ref = _clamp_points()
+  got = jaxdiv.kl_estimate(ref, logprob, estimator=estimator, clip=(-10, 10))
+  want = openrlhf_approx_kl(logprob, ref, estimator)
+  np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+  assert np.any(np.abs(want) == 10)
+
+
+def test_kl_estimate_clamps_zero_gradient_outside_the_bounds():
+  def grads(log_r, **kw):
+    f = lambda lp, lq: jaxdiv.kl_estimate(lp, lq, **kw)  # noqa: E731
+    return jax.vmap(jax.grad(f, argnums=(0, 1)))(jnp.asarray(log_r), jnp.zeros(len(log_r)))
+
+  # log r beyond the log-ratio clip: k3 held at k3(20) (no value clip), derivative 0.
+  gp, gq = grads([-25.0, 25.0], estimator="k3", log_ratio_clip=(-20, 20))
+  np.testing.assert_array_equal(np.asarray([gp, gq]), 0.0)
+  v = jaxdiv.kl_estimate(jnp.array([-25.0, 25.0]), 0.0, log_ratio_clip=(-20, 20))
+  np.testing.assert_allclose(v, [exact_g(-20.0), exact_g(20.0)], rtol=1e-14)
+  # the estimate beyond its clip: 0; inside it: the estimator's own derivative.
+  gp, gq = grads([3.0, 1.0, 12.0], estimator="k1", clip=(-10, 10))
+  np.testing.assert_array_equal(gp, [-1.0, -1.0, 0.0])
+  gp, _ = grads([3.0, 1.0], estimator="k3", clip=(None, 10))
+  np.testing.assert_allclose(gp, [0.0, math.e - 1], rtol=1e-15)
+  # one-sided bounds: None is unbounded
+  np.testing.assert_array_equal(
+    jaxdiv.kl_estimate(jnp.array([-12.0, 12.0]), 0.0, estimator="k1", clip=(None, 10)),
+    [10.0, -12.0],
+  )
+
+
+def test_kl_estimate_clip_finite_in_float32_where_k3_overflows():
+  lp, lq = jnp.float32(100.0), jnp.float32(0.0)
+  assert float(jaxdiv.kl_estimate(lp, lq)) == np.inf  # e^100 > the largest float32
+
+  def f(lp, lq):
+    return jaxdiv.kl_estimate(lp, lq, clip=(-10, 10))
+
+  value = f(lp, lq)
+  assert value.dtype == jnp.float32 and float(value) == 10.0
+  for g in (jax.grad(f, argnums=(0, 1))(lp, lq), jax.jit(jax.grad(f, argnums=(0, 1)))(lp, lq)):
+    assert [float(x) for x in g] == [0.0, 0.0]
+  assert float(jax.jacfwd(f)(lp, lq)) == 0.0
+  assert float(jax.hessian(f)(lp, lq)) == 0.0
+
+
+def test_kl_estimate_straight_through_with_clamps_is_verls_k3_plus():
+  """verl's "k3+": backward_score - backward_score.detach() + forward_score.detach(), with
+  backward_score = 0.5 * (logprob - ref_logprob)^2: the clamped value, the unclamped k2
+  gradient (also where the clamps bind)."""
+  logprob, ref = _clamp_points()
+
+  def f(lp, lq):
+    return jaxdiv.kl_estimate(lp, lq, straight_through=True, **VERL)
+
+  g_ref, g_logprob = jax.vmap(jax.grad(f, argnums=(0, 1)))(ref, logprob)
+  np.testing.assert_allclose(f(ref, logprob), verl_low_var_kl(logprob, ref)[0], rtol=1e-13)
+  np.testing.assert_allclose(g_logprob, logprob - ref, rtol=1e-14)
+  np.testing.assert_allclose(g_ref, ref - logprob, rtol=1e-14)
+  g_fwd = jax.vmap(jax.jacfwd(f, argnums=1))(ref, logprob)
+  np.testing.assert_allclose(g_fwd, logprob - ref, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "error", "message"),
+  [
+    ({"clip": 10}, TypeError, r"`clip` must be a pair \(lo, hi\), got 10"),
+    ({"log_ratio_clip": (1, 2, 3)}, TypeError, r"`log_ratio_clip` must be a pair"),
+    ({"clip": ("a", 1)}, TypeError, r"`clip` must be a pair of numbers"),
+    ({"clip": (True, 1)}, TypeError, r"`clip` must be a pair of numbers"),
+    ({"log_ratio_clip": (1.0, -1.0)}, ValueError, r"`log_ratio_clip` must have lo <= hi"),
+    ({"clip": (float("nan"), 1.0)}, ValueError, r"`clip` must not hold NaN"),
+  ],
+)
+def test_kl_estimate_clamp_errors_name_the_argument(kwargs, error, message):
+  with pytest.raises(error, match=rf"kl_estimate: {message}"):
+    jaxdiv.kl_estimate(0.1, 0.0, **kwargs)
+
+
+# --- aggregate_tokens: the RL trainers' loss_agg_mode -----------------------------------------
+
+MODES = (
+  "token-mean",
+  "token-sum",
+  "seq-mean-token-sum",
+  "seq-mean-token-mean",
+  "seq-mean-token-sum-norm",
+)
+
+
+def ref_aggregate(values, mask, mode, normalizer=None):
+  """The modes in float64, sequence by sequence; fully masked sequences left out."""
+  values, mask = np.asarray(values, np.float64), np.asarray(mask, bool)
+  rows = [(v[m], m.sum()) for v, m in zip(values, mask, strict=True)]
+  kept = [(v, n) for v, n in rows if n > 0]
+  if not kept:
+    return 0.0
+  if mode == "token-sum":
+    return sum(v.sum() for v, _ in kept)
+  if mode == "token-mean":
+    return sum(v.sum() for v, _ in kept) / sum(n for _, n in kept)
+  if mode == "seq-mean-token-mean":
+    return np.mean([v.sum() / n for v, n in kept])
+  total = np.mean([v.sum() for v, _ in kept])
+  if mode == "seq-mean-token-sum-norm":
+    return total / (values.shape[-1] if normalizer is None else normalizer)
+  return total
+
+
+def verl_agg_loss(loss_mat, loss_mask, loss_agg_mode):
+  """verl's agg_loss (verl/trainer/ppo/core_algos.py at b178a3cd, dp_size=1, no global
+  batch size or scale factor given), restated in float64."""
+  loss_mask = np.asarray(loss_mask, np.float64)
+  if loss_agg_mode == "token-mean":
+    return np.sum(loss_mat * loss_mask) / loss_mask.sum()
+  if loss_agg_mode == "seq-mean-token-sum":
+    seq_losses = np.sum(loss_mat * loss_mask, -1)
+    seq_mask = (np.sum(loss_mask, -1) > 0).astype(np.float64)
+    return np.sum(seq_losses * seq_mask) / seq_mask.sum()
+  if loss_agg_mode == "seq-mean-token-mean":
+    counts = np.sum(loss_mask, -1)
+    seq_losses = np.sum(loss_mat * loss_mask, -1) / (counts + 1e-8)
+    seq_mask = (counts > 0).astype(np.float64)
+    return np.sum(seq_losses * seq_mask) / seq_mask.sum()
+  assert loss_agg_mode == "seq-mean-token-sum-norm"
+  return np.sum(np.sum(loss_mat * loss_mask, -1)) / loss_mask.shape[-1]
+
+
+def _batch(seed=30, shape=(5, 7)):
+  rng = np.random.default_rng(seed)
+  values = rng.normal(size=shape)
+  mask = np.arange(shape[-1]) < rng.integers(1, shape[-1] + 1, size=shape[:-1])[..., None]
+  mask[1] = False  # a fully masked sequence
+  mask[3, 0] = False  # a masked prompt token
+  return values, mask
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aggregate_tokens_matches_float64_restatement(mode):
+  values, mask = _batch()
+  got = jaxdiv.aggregate_tokens(values, mask, mode)
+  assert got.shape == ()
+  np.testing.assert_allclose(got, ref_aggregate(values, mask, mode), rtol=1e-13)
+  batched = jaxdiv.aggregate_tokens(values.reshape(5, 1, 7), mask.reshape(5, 1, 7), mode)
+  np.testing.assert_allclose(batched, got, rtol=1e-14)  # leading axes are all sequences
+  if mode == "seq-mean-token-sum-norm":
+    got = jaxdiv.aggregate_tokens(values, mask, mode, normalizer=4096)
+    np.testing.assert_allclose(got, ref_aggregate(values, mask, mode, 4096), rtol=1e-13)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aggregate_tokens_matches_verl_agg_loss(mode):
+  values, mask = _batch()
+  got = float(jaxdiv.aggregate_tokens(values, mask, mode))
+  want = verl_agg_loss(values, mask, mode)
+  if mode == "seq-mean-token-sum-norm":  # verl sums the sequences, this mode averages them
+    want /= np.sum(mask.any(-1))
+  rtol = 1e-8 if mode == "seq-mean-token-mean" else 1e-13  # verl divides by count + 1e-8
+  np.testing.assert_allclose(got, want, rtol=rtol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aggregate_tokens_leaves_out_fully_masked_sequences(mode):
+  values, mask = _batch()
+  kept = mask.any(-1)
+  got = jaxdiv.aggregate_tokens(values, mask, mode)
+  np.testing.assert_allclose(got, jaxdiv.aggregate_tokens(values[kept], mask[kept], mode))
+  g = jax.grad(jaxdiv.aggregate_tokens)(jnp.asarray(values), mask, mode)
+  np.testing.assert_array_equal(g[~mask], 0.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aggregate_tokens_empty_batch_is_zero_with_zero_gradient(mode):
+  values, mask = jnp.ones((3, 4)), jnp.zeros((3, 4), bool)
+  value, grad = jax.jit(jax.value_and_grad(jaxdiv.aggregate_tokens), static_argnums=2)(
+    values, mask, mode
+  )
+  assert float(value) == 0.0
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aggregate_tokens_nan_at_masked_positions_is_harmless(mode):
+  values, mask = _batch()
+  poisoned = np.where(mask, values, np.nan)
+  f = jax.value_and_grad(jaxdiv.aggregate_tokens)
+  (v, g), (v0, g0) = f(jnp.asarray(poisoned), mask, mode), f(jnp.asarray(values), mask, mode)
+  np.testing.assert_array_equal(v, v0)
+  np.testing.assert_array_equal(g, g0)
+  assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_aggregate_tokens_errors_name_the_argument():
+  v, m = jnp.zeros((2, 3)), jnp.ones((2, 3), bool)
+  with pytest.raises(ValueError, match=r"aggregate_tokens: unknown `mode`='mean'.*'token-mean'"):
+    jaxdiv.aggregate_tokens(v, m, "mean")
+  with pytest.raises(TypeError, match="aggregate_tokens: `mask` must be bool"):
+    jaxdiv.aggregate_tokens(v, jnp.ones((2, 3)), "token-mean")
+  with pytest.raises(ValueError, match=r"`mask` with shape \(3, 3\) must broadcast"):
+    jaxdiv.aggregate_tokens(v, jnp.ones((3, 3), bool), "token-mean")
+  with pytest.raises(ValueError, match="`values` needs a token axis"):
+    jaxdiv.aggregate_tokens(1.0, True, "token-mean")
+  with pytest.raises(ValueError, match="`normalizer` applies to mode 'seq-mean-token-sum-norm'"):
+    jaxdiv.aggregate_tokens(v, m, "token-sum", normalizer=2.0)
+  with pytest.raises(ValueError, match="`normalizer` must be a positive finite number"):
+    jaxdiv.aggregate_tokens(v, m, "seq-mean-token-sum-norm", normalizer=0.0)
+
+
+# --- sequence_kl_penalty's where ----------------------------------------------------------
+
+
+def test_sequence_kl_penalty_token_where_equals_mask():
+  rng = np.random.default_rng(40)
+  p, q = rng.normal(size=(2, 3, 6, 4))
+  tokens = rng.integers(0, 4, size=(3, 6))
+  mask = rng.random((3, 6)) < 0.6
+
+  @jax.jit
+  def both(p):
+    def f(z, **kw):
+      return jaxdiv.sequence_kl_penalty(z, q, tokens, **kw)
+
+    by_mask = jax.value_and_grad(lambda z: f(z, mask=mask).sum())(p)
+    by_where = jax.value_and_grad(lambda z: f(z, where=mask[..., None]).sum())(p)
+    return f(p, mask=mask), f(p, where=mask[..., None]), by_mask, by_where
+
+  v_mask, v_where, (s_mask, g_mask), (s_where, g_where) = both(p)
+  np.testing.assert_array_equal(v_where, v_mask)
+  np.testing.assert_array_equal(g_where, g_mask)
+  np.testing.assert_array_equal(s_where, s_mask)
+
+
+def test_sequence_kl_penalty_category_where_equals_masking_both_logits():
+  rng = np.random.default_rng(41)
+  p, q = rng.normal(size=(2, 3, 5, 6))
+  cats = np.array([True, False, True, True, False, True])
+  tokens = rng.choice(np.flatnonzero(cats), size=(3, 5))
+
+  @jax.jit
+  def both(p):
+    def by_where(z):
+      return jaxdiv.sequence_kl_penalty(z, q, tokens, where=cats)
+
+    def by_logits(z):
+      ninf = jnp.full_like(z, -jnp.inf)
+      return jaxdiv.sequence_kl_penalty(
+        jnp.where(cats, z, ninf), jnp.where(cats, q, ninf), tokens
+      )
+
+    grad = lambda f: jax.grad(lambda z: f(z).sum())(p)  # noqa: E731
+    return by_where(p), by_logits(p), grad(by_where), grad(by_logits)
+
+  v_where, v_logits, g_where, g_logits = both(p)
+  np.testing.assert_allclose(v_where, v_logits, rtol=1e-13, atol=1e-15)
+  np.testing.assert_allclose(g_where, g_logits, rtol=1e-12, atol=1e-15)
+  np.testing.assert_array_equal(g_where[..., ~cats], 0.0)
