@@ -63,3 +63,16 @@ def public(fn):
     return compiled(static, arrays)
 
   return wrapper
+
+
+def fill_doc(fragments: dict):
+  """A decorator replacing each ``{name}`` of a docstring by ``fragments[name]``."""
+
+  def decorate(fn):
+    doc = fn.__doc__
+    for name, text in fragments.items():
+      doc = doc.replace("{" + name + "}", text)
+    fn.__doc__ = doc
+    return fn
+
+  return decorate

@@ -231,6 +231,58 @@ def _check_arguments(fn: str, args: dict, roles: dict) -> None:
       _check(fn, name, jnp.isnan(x) | (x == jnp.inf), f"NaN or +inf log-density (shape {x.shape})")
     elif role in ("finite", "classifier"):
       _check(fn, name, ~jnp.isfinite(jnp.asarray(x)), f"non-finite value (shape {jnp.shape(x)})")
+    elif role == "log_probs":
+      _check_log_probs(fn, name, jnp.asarray(x))
+    elif role == "indices":
+      pair = name.replace("indices", "log_probs")
+      if _is_value(args.get(pair)):
+        _check_indices(fn, name, jnp.asarray(x), jnp.asarray(args[pair]),
+                       _num_categories(args, roles, frame))  # fmt: skip
+
+
+def _check_log_probs(fn: str, name: str, lp) -> None:
+  """A stored distribution's log-probabilities: not NaN, at most 0, a listed mass of at
+  most 1 up to the round-off of their dtype (``-inf`` slots are padding)."""
+  from jaxdiv import _inputs, _numerics
+
+  _check(fn, name, jnp.isnan(lp), f"NaN log-probability (shape {lp.shape})")
+  _check(fn, name, lp > 0, f"log-probability above 0, a probability above 1 (shape {lp.shape})")
+  if lp.ndim == 0:
+    return
+  up = lp.astype(_numerics.compute_dtype(lp.dtype))
+  mass = jnp.exp(_numerics.logsumexp(jnp.where(jnp.isnan(up), -jnp.inf, up)))
+  tol = _inputs.sparse_tolerance(lp.dtype)
+  checkify.check(
+    jnp.all(mass <= 1 + tol),
+    f"jaxdiv.{fn}: `{name}` (shape {lp.shape}) lists a mass above 1 in a row: largest "
+    f"{{mass}} > 1 + {tol:.2g} (the round-off allowed for its dtype)",
+    mass=jnp.max(mass) if mass.size else jnp.asarray(0.0),
+  )
+
+
+def _check_indices(fn: str, name: str, idx, lp, num) -> None:
+  """A stored distribution's categories, where their log-probability is finite: in range,
+  and no category listed twice in a row."""
+  if idx.ndim == 0 or idx.shape != lp.shape:
+    return  # the function raises its own error
+  listed = lp > -jnp.inf
+  if num is not None:
+    bad = listed & ((idx < 0) | (idx >= num))
+    checkify.check(
+      ~jnp.any(bad),
+      f"jaxdiv.{fn}: index out of range in `{name}` (shape {idx.shape}) at a slot with a "
+      f"finite log-probability: {{i}} is not in [0, {num}) (JAX's gather would clamp it)",
+      i=jnp.max(jnp.where(bad, jnp.abs(idx), -1)) if idx.size else jnp.asarray(-1),
+    )
+  k = idx.shape[-1]
+  if k > 1:
+    key = jnp.sort(jnp.where(listed, idx, -1 - jnp.arange(k, dtype=idx.dtype)), axis=-1)
+    dup = jnp.any(key[..., 1:] == key[..., :-1])
+    checkify.check(
+      ~dup,
+      f"jaxdiv.{fn}: a category listed twice in a row of `{name}` (shape {idx.shape}); store "
+      f"sampled tokens as distinct ids with their frequencies",
+    )
 
 
 class InvalidValueError(checkify.JaxRuntimeError):

@@ -268,6 +268,7 @@ def total_variation_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
 
 @_api.public
 @_checks.roles(**_checks.PAIR, **_checks.STORED, **_HEAD, weight="unchecked", base="unchecked")
+@_api.fill_doc(_inputs.DOC)
 def jensen_shannon_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -315,6 +316,9 @@ def jensen_shannon_divergence(
   probabilities, the infinite one-sided derivative at :math:`p_i = 0` is returned as
   :math:`w \log(1/m_i)`-free: only the finite parts are kept, see the module notes).
 
+  Either distribution may be stored (indices with their log-probabilities), compared
+  on the cells of ``tail`` as in :func:`kl_divergence`.
+
   Args:
     p: first distribution (probabilities), categories along ``axis``.
     q: second distribution.
@@ -323,6 +327,8 @@ def jensen_shannon_divergence(
       The derivative in ``weight`` is defined on :math:`(0, 1)` (NaN at the endpoints).
     p_logits: ``p`` as logits.
     q_logits: ``q`` as logits.
+    {stored_args}
+    {head_args}
     axis: the category axis.
     where: boolean mask over categories, broadcastable to the inputs.
     base: logarithm base (``None``: nats; 2: bits, where the bound is 1).
@@ -455,6 +461,7 @@ def jeffreys_divergence(
 
 @_api.public
 @_checks.roles(**_checks.PAIR, **_checks.STORED, **_HEAD, alpha="unchecked", base="unchecked")
+@_api.fill_doc(_inputs.DOC)
 def skew_kl_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -486,11 +493,16 @@ def skew_kl_divergence(
   Edge conventions as in :func:`jaxdiv.kl_divergence`; the derivative in ``alpha`` is
   not defined at :math:`\alpha \in \{0, 1\}` (a log of 0 is involved there).
 
+  Either distribution may be stored (indices with their log-probabilities), compared
+  on the cells of ``tail`` as in :func:`kl_divergence`.
+
   Args:
     p, q: probabilities, categories along ``axis``.
     alpha: :math:`\alpha \in [0, 1]` (required), a scalar or an array broadcastable to the
       result shape; a concrete value outside raises ``ValueError``, a traced one gives NaN.
     p_logits, q_logits: the distributions as logits.
+    {stored_args}
+    {head_args}
     axis: the category axis.
     where: boolean mask over categories.
     base: logarithm base (``None``: nats).
@@ -528,6 +540,7 @@ def skew_kl_divergence(
 
 @_api.public
 @_checks.roles(**_checks.PAIR, **_checks.STORED, **_HEAD)
+@_api.fill_doc(_inputs.DOC)
 def total_variation_distance(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -552,9 +565,14 @@ def total_variation_distance(
   :math:`\delta \le \sqrt{\mathrm{KL}/2}` and :math:`H^2 \le \delta \le \sqrt2\,H`.
   Unit-free, so no ``base``. The derivative of :math:`|x|` at 0 is taken as 0.
 
+  Either distribution may be stored (indices with their log-probabilities), compared
+  on the cells of ``tail`` as in :func:`kl_divergence`.
+
   Args:
     p, q: probabilities, categories along ``axis``.
     p_logits, q_logits: the distributions as logits.
+    {stored_args}
+    {head_args}
     axis: the category axis.
     where: boolean mask over categories.
 

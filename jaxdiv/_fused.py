@@ -1150,8 +1150,11 @@ def linear_distillation_loss(
   options = {}
   head = _head(fn, temperature, None, options)
   kind, mix = divergence, None
+  # Both weights are checked whichever divergence uses them: a typo never passes silently.
+  beta_mix = _mix_weight(fn, "beta", beta, "the teacher's weight in [0, 1]")
+  alpha_mix = _mix_weight(fn, "alpha", alpha, "the skew alpha in [0, 1]")
   if divergence in ("jsd", "gkd"):
-    mix = _mix_weight(fn, "beta", beta, "the teacher's weight in [0, 1]")
+    mix = beta_mix
     if divergence == "gkd":
       _, bv = _inputs.scalar_option(fn, "beta", beta, low=0.0, high=1.0)
       if bv is None:
@@ -1161,7 +1164,7 @@ def linear_distillation_loss(
         )
       kind = "kl" if bv == 0.0 else "reverse_kl" if bv == 1.0 else "jsd"
   elif divergence == "skew_kl":
-    mix = _mix_weight(fn, "alpha", alpha, "the skew alpha in [0, 1]")
+    mix = alpha_mix
   reverse = kind == "reverse_kl"
   sides = {"q": student, "p": teacher} if not reverse else {"p": student, "q": teacher}
   student_side = "p" if reverse else "q"

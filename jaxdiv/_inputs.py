@@ -313,6 +313,44 @@ def label_mask(labels: Array, num_categories: int, where: Array | None):
 
 TAILS = ("residual", "renormalize", "truncate")
 
+# The docstring fragments of the stored form and the logits' options, shared by the core
+# functions that take them (filled in by :func:`jaxdiv._api.fill_doc`).
+DOC = {
+  "stored": r"""A distribution may be given *stored*: ``p_indices`` with ``p_log_probs`` (or the
+  ``q_`` pair), ``k`` categories per row with their log-probabilities under the full
+  distribution -- a teacher's top-k, or tokens sampled from it. A slot whose
+  log-probability is ``-inf`` is padding, whatever its index. The other side must have all
+  its categories (probabilities or logits); the two are compared on the cells of ``tail``:
+
+  * ``"residual"`` (default): the listed categories and one cell more holding each side's
+    remaining mass (the stored side's :math:`1 - \sum`, exactly 0 when the listed mass is 1
+    up to round-off; the dense side's mass off the listed categories). This is the exact
+    divergence of the two coarse-grained distributions: by the data-processing inequality
+    it lies between 0 and the full divergence.
+  * ``"renormalize"``: both restricted to the listed categories and renormalised (MaxText's
+    top-k distillation); the full divergence only when the listed categories hold all of
+    both sides' mass.
+  * ``"truncate"``: the listed terms only, the sides left as they are (MaxText's formula
+    before June 2026): not a divergence (it can be negative), kept for ports.
+
+  A stored row with an index out of range, a duplicated index, a NaN, a log-probability
+  above 0 or a listed mass above 1 beyond round-off (:math:`\max(10^{-6}, \epsilon)` of
+  its dtype) gives NaN; :func:`jaxdiv.checked` raises naming it. ``where`` applies to both
+  sides: a stored category it excludes is padding. Gradients flow to the dense side and
+  to the stored log-probabilities. See :doc:`/guides/stored_teachers`.""",
+  "stored_args": r"""p_indices: ``p`` stored: ``[..., k]`` integer categories (the batch shape
+      of the dense side, then ``k``).
+    p_log_probs: ``[..., k]`` their log-probabilities under the full ``p`` (``-inf``:
+      padding).
+    q_indices: ``q`` stored, as ``p_indices``.
+    q_log_probs: ``q`` stored, as ``p_log_probs``.
+    tail: with a stored side, ``"residual"``, ``"renormalize"`` or ``"truncate"``.""",
+  "head_args": r"""temperature: :math:`T > 0` dividing logits inputs (after ``soft_cap``); an
+      error with probabilities; a stored side's log-probabilities are used as given.
+    soft_cap: :math:`c > 0` mapping logits inputs to :math:`c \tanh(z / c)` (Gemma 2's
+      soft-capping; ``-inf`` stays ``-inf``), or ``None``.""",
+}
+
 
 class Sparse(NamedTuple):
   """A distribution stored as ``indices [..., k]`` with their ``log_probs [..., k]``."""

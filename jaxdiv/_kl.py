@@ -130,6 +130,7 @@ def entropy(
   z_loss="unchecked",
   base="unchecked",
 )
+@_api.fill_doc(_inputs.DOC)
 def cross_entropy(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -173,6 +174,11 @@ def cross_entropy(
   is the closed form :math:`\partial H/\partial z^q = q \sum_i p_i - p` (a custom JVP,
   so ``grad``, ``jacfwd`` and ``hessian`` all work and stay finite at ``-inf`` logits).
 
+  Either distribution may be stored (indices with their log-probabilities), compared on the
+  cells of ``tail`` as in :func:`kl_divergence`. ``z_loss`` adds PaLM's
+  :math:`\lambda\,\mathrm{lse}(z^q)^2` per row (over the included categories; 0 on an
+  ignored label), which keeps the model's log-normaliser near 0.
+
   Args:
     p: target probabilities, categories along ``axis``.
     q: model probabilities.
@@ -185,6 +191,10 @@ def cross_entropy(
       :math:`(1 - \varepsilon)\,\mathbb{1}_y + \varepsilon / K` (PyTorch's
       ``label_smoothing``, but no mass on excluded categories -- ``optax.smooth_labels``
       puts some there, which then cost ``+inf``). A Python number.
+    {stored_args}
+    {head_args}
+    z_loss: :math:`\lambda \ge 0`, the weight of :math:`\mathrm{lse}(z^q)^2`; needs
+      ``q_logits``.
     axis: the category axis.
     where: boolean mask over categories, broadcastable to the inputs.
     base: logarithm base (``None``: nats; 2: bits).
@@ -274,6 +284,7 @@ def cross_entropy_of(dp: _inputs.Dist, dq: _inputs.Dist) -> Array:
   soft_cap="unchecked",
   base="unchecked",
 )
+@_api.fill_doc(_inputs.DOC)
 def kl_divergence(
   p: ArrayLike | None = None,
   q: ArrayLike | None = None,
@@ -315,12 +326,16 @@ def kl_divergence(
   gives the closed form :math:`\partial \mathrm{KL}/\partial z^q = q - p` and
   :math:`\partial \mathrm{KL}/\partial z^p_i = p_i(\log p_i - \log q_i - \mathrm{KL})`.
 
+  {stored}
+
   Args:
     p: reference probabilities, categories along ``axis``.
     q: approximating probabilities.
     p_logits: ``p`` as logits.
     q_logits: ``q`` as logits.
     labels: ``p`` as integer class indices (one-hot).
+    {stored_args}
+    {head_args}
     axis: the category axis.
     where: boolean mask over categories, broadcastable to the inputs.
     base: logarithm base (``None``: nats; 2: bits).
@@ -334,6 +349,10 @@ def kl_divergence(
     0.356675
     >>> float(kl_divergence(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0])))
     inf
+    >>> top1 = kl_divergence(  # p's largest category and the rest of its mass
+    ...   p_indices=jnp.array([0]), p_log_probs=jnp.log(jnp.array([0.5])), q=q)
+    >>> round(float(top1), 6)  # 0.5 log(0.5/0.7) + 0.5 log(0.5/0.3)
+    0.087177
 
   References:
     Kullback & Leibler, "On information and sufficiency", Ann. Math. Stat. (1951);
@@ -432,6 +451,11 @@ def binary_cross_entropy(
   that ``q`` rules out gives ``+inf``, a probability outside :math:`[0, 1]` gives NaN.
   From logits, :math:`\log q = \log\sigma(z)` and :math:`\log(1-q) = \log\sigma(-z)`
   are computed without cancellation.
+
+  Args:
+    p, q: probabilities of the event.
+    p_logits, q_logits: the distributions as logits of the event instead.
+    base: logarithm base (``None``: nats; 2: bits).
 
   Example:
     >>> round(float(binary_cross_entropy(1.0, 0.7)), 6)

@@ -170,6 +170,9 @@ def jensen_shannon(weight: float = 0.5) -> Generator:
   :math:`f = 0`). :math:`f(0) = -(1-w)\log(1-w)`, :math:`f'(\infty) = -w \log w`. TFP's
   ``tfp.vi.jensen_shannon`` is twice the :math:`w = \tfrac12` case.
 
+  Args:
+    weight: :math:`w \in [0, 1]`, the weight of ``p`` in the mixture.
+
   Example:
     >>> from jaxdiv import generators
     >>> g = generators.jensen_shannon(0.5)
@@ -202,6 +205,9 @@ def skew_kl(alpha: float) -> Generator:
   ``alpha`` :math:`a \in [0, 1]`, a concrete number; :math:`f(0) = 0`,
   :math:`f'(\infty) = -\log a`.
 
+  Args:
+    alpha: :math:`a \in [0, 1]`, the weight of ``p`` in the mixture.
+
   Example:
     >>> from jaxdiv import generators
     >>> p, q = jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])
@@ -232,6 +238,9 @@ def alpha(alpha: float) -> Generator:
   :func:`jaxdiv.alpha_divergence`. Near :math:`\alpha \in \{0, 1\}` (but not at them)
   the closed form loses relative precision to cancellation; prefer
   :func:`jaxdiv.alpha_divergence` there.
+
+  Args:
+    alpha: :math:`\alpha`, a finite real.
 
   Example:
     >>> from jaxdiv import generators

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,32 @@ def test_every_public_function_has_an_example():
     obj = getattr(importlib.import_module(module), attr)
     if inspect.isfunction(obj) or inspect.isclass(obj):
       assert ">>>" in (obj.__doc__ or ""), f"{name} has no Example section"
+
+
+def _documented_arguments(doc: str) -> set[str]:
+  """The names an Args section documents: ``name:`` or ``a, b:`` at the entries' indent."""
+  args = doc.split("\nArgs:\n", 1)[1].split("\n\n", 1)[0] if "\nArgs:\n" in doc else ""
+  names = set()
+  for line in args.splitlines():
+    head, sep, _ = line.partition(":")
+    if sep and line.startswith("  ") and not line.startswith("   "):
+      names.update(n.strip() for n in head.split(","))
+  return names
+
+
+def test_every_argument_of_a_public_function_is_documented():
+  """In its own Args section, or by reference (``as in :func:`...```) to another function."""
+  for name in public_api.all_page_names():
+    module, _, attr = name.rpartition(".")
+    obj = getattr(importlib.import_module(module), attr)
+    if not inspect.isfunction(obj):
+      continue
+    doc = inspect.getdoc(obj) or ""
+    if "{" + "stored" in doc or "{" + "head_args}" in doc:
+      raise AssertionError(f"{name}: an unfilled docstring fragment")
+    by_reference = re.search(r"(Arguments|arguments|Inputs)[^.]* as in :func:", doc)
+    missing = set(inspect.signature(obj).parameters) - _documented_arguments(doc)
+    assert by_reference or not missing, f"{name} does not document {sorted(missing)}"
 
 
 def test_public_names_are_grouped_by_family():

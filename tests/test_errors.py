@@ -225,6 +225,14 @@ PUBLIC_CALLS = {
   "sharded_linear_cross_entropy": ((_H, _W, _L), {}),
   "sharded_linear_kl_divergence": ((_H, _W, 0.5 * _H, _W), {}),
   "sharded_linear_jensen_shannon_divergence": ((_H, _W, 0.5 * _H, _W), {}),
+  "sharded_linear_skew_kl_divergence": ((_H, _W, 0.5 * _H, _W), {"alpha": 0.3}),
+  "sharded_linear_total_variation_distance": ((_H, _W, 0.5 * _H, _W), {}),
+  "linear_distillation_loss": ((_H, _W, _L), {"teacher_hidden": 0.5 * _H, "teacher_weight": _W}),
+  "sharded_linear_distillation_loss": (
+    (_H, _W, _L),
+    {"teacher_hidden": 0.5 * _H, "teacher_weight": _W},
+  ),
+  "aggregate_tokens": ((jnp.ones((2, 3)), jnp.ones((2, 3), bool)), {}),
   "sharded_cross_entropy": ((), {"labels": _L, "q_logits": jnp.zeros((2, 3))}),
   "sharded_kl_divergence": ((), {"p_logits": jnp.ones((2, 3)), "q_logits": jnp.zeros((2, 3))}),
 }
