@@ -51,6 +51,7 @@ ROLES = {
   "at most 1 (+ round-off)",
   "axis": "the category axis",
   "where": "the category mask",
+  "token_mask": "a token mask: the values and labels it masks out are not read, nor checked",
   "unchecked": "static or scalar parameters, checked by the function itself",
 }
 _CATEGORICAL = ("probs", "logits")
@@ -193,11 +194,26 @@ def _num_categories(args: dict, roles: dict, frame):
   return None
 
 
+def _unmasked(x, mask, fill):
+  """``x`` with the positions a token mask drops set to ``fill`` (``mask`` broadcasting
+  against ``x``; where it does not, ``x`` as given and the function raises its own error)."""
+  x = jnp.asarray(x)
+  if mask is None:
+    return x
+  try:
+    m = jnp.broadcast_to(jnp.asarray(mask), x.shape)
+  except (TypeError, ValueError):
+    return x
+  return jnp.where(m, x, jnp.asarray(fill, x.dtype))
+
+
 def _check_arguments(fn: str, args: dict, roles: dict) -> None:
   frame = _categorical_frame(args, roles)
+  masks = [args[k] for k, r in roles.items() if r == "token_mask" and _is_array(args[k])]
+  mask = masks[0] if masks else None
   for name, role in roles.items():
     x = args[name]
-    if not _is_value(x) or role in ("axis", "where", "unchecked"):
+    if not _is_value(x) or role in ("axis", "where", "token_mask", "unchecked"):
       continue
     if role == "probs":
       _check_probs(fn, name, x, frame)
@@ -213,6 +229,7 @@ def _check_arguments(fn: str, args: dict, roles: dict) -> None:
         _check(fn, name, x == jnp.inf, f"+inf logit (shape {x.shape})")
     elif role == "labels":
       num = _num_categories(args, roles, frame)
+      x = _unmasked(x, mask, -1)
       if num is not None:
         checkify.check(
           jnp.all(jnp.asarray(x) < num),
@@ -230,7 +247,8 @@ def _check_arguments(fn: str, args: dict, roles: dict) -> None:
       x = jnp.asarray(x)
       _check(fn, name, jnp.isnan(x) | (x == jnp.inf), f"NaN or +inf log-density (shape {x.shape})")
     elif role in ("finite", "classifier"):
-      _check(fn, name, ~jnp.isfinite(jnp.asarray(x)), f"non-finite value (shape {jnp.shape(x)})")
+      x = _unmasked(x, mask, 0) if role == "finite" else jnp.asarray(x)
+      _check(fn, name, ~jnp.isfinite(x), f"non-finite value (shape {jnp.shape(x)})")
     elif role == "log_probs":
       _check_log_probs(fn, name, jnp.asarray(x))
     elif role == "indices":

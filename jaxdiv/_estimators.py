@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
-
-import numpy as np
 
 from jaxdiv import _api, _checks, _inputs, _numerics
 
@@ -151,7 +150,7 @@ def kl_estimate(
   clip=(-10, 10))``, and its ``"k3+"`` adds ``straight_through=True`` (the clipped value,
   the unclipped ``k2`` gradient); OpenRLHF's ``compute_approx_kl`` clamps every estimator
   to ``clip=(-10, 10)``. A clamp biases the estimate once the policy drifts far from the
-  reference (``experiments/kl_penalty.py`` measures by how much).
+  reference (``experiments/kl_penalty/`` measures by how much).
 
   Args:
     log_p: log-density (or log-probability) of ``p`` at the samples.
@@ -256,7 +255,7 @@ def _with_score_jvp(primals, tangents):
   p_logits="logits",
   q_logits="logits",
   tokens="labels",
-  mask="unchecked",
+  mask="token_mask",
   where="where",
   base="unchecked",
 )
@@ -293,8 +292,10 @@ def sequence_kl_penalty(
   parameters of ``p`` and of ``q``. Summing ``kl_divergence(p_logits=..., q_logits=...)``
   over positions and differentiating it (the usual "exact KL in the loss") drops the
   second term and follows only the per-token part of the gradient (Tang & Munos, 2025);
-  ``experiments/kl_penalty.py`` shows that this part alone ends away from the regularised
-  optimum, while this function's gradient reaches it. The score term uses no baseline.
+  ``experiments/kl_penalty/`` shows that this part alone ends away from the regularised
+  optimum, while this function's gradient reaches it. The score term uses no baseline, and
+  its weights (the later sums) are held constant: a second derivative (``jax.hessian``, or
+  ``jax.jacfwd`` of the gradient) differentiates this surrogate, not the expected gradient.
 
   Edge conventions: as :func:`kl_divergence` per position (:math:`0 \log 0 = 0`; a
   category ``p`` allows and ``q`` rules out gives ``+inf`` there). The score term changes
@@ -411,7 +412,7 @@ AGGREGATIONS = (
 
 
 @_api.public
-@_checks.roles(values="finite", mask="unchecked", mode="unchecked", normalizer="unchecked")
+@_checks.roles(values="finite", mask="token_mask", mode="unchecked", normalizer="unchecked")
 def aggregate_tokens(
   values: ArrayLike,
   mask: ArrayLike,
@@ -419,7 +420,7 @@ def aggregate_tokens(
   *,
   normalizer: float | None = None,
 ) -> Array:
-  r"""Reduce per-token losses ``[..., T]`` (sequences of ``T`` tokens) to a scalar, as RL trainers do.
+  r"""Reduce per-token losses ``[..., T]`` (sequences of ``T`` tokens) to a scalar, as in RL.
 
   With :math:`m_{it}` the mask (the tokens that count) and :math:`v_{it}` the values, the
   modes are named as verl's ``loss_agg_mode`` names them:

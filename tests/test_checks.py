@@ -260,3 +260,19 @@ def test_roles_survive_a_functools_wraps_wrapper():
 
   with _raises("jaxdiv.kl_divergence: negative probability"):
     jaxdiv.checked(outer)(P, jnp.array([1.5, -0.5]))
+
+
+def test_a_token_mask_keeps_masked_positions_out_of_the_checks():
+  """What a function does not read at masked positions, checked mode does not check."""
+  agg = jax.jit(jaxdiv.checked(jaxdiv.aggregate_tokens), static_argnums=2)
+  values, mask = jnp.array([[1.0, jnp.nan]]), jnp.array([[True, False]])
+  assert float(agg(values, mask, "token-mean")) == 1.0
+  with _raises(r"jaxdiv.aggregate_tokens: non-finite value .* in `values`"):
+    jax.block_until_ready(agg(values, jnp.array([[True, True]]), "token-mean"))
+
+  penalty = jax.jit(jaxdiv.checked(jaxdiv.sequence_kl_penalty))
+  logits, tokens = jnp.zeros((1, 2, 3)), jnp.array([[0, 99]])
+  out = penalty(logits, logits, tokens, mask=jnp.array([[True, False]]))
+  np.testing.assert_array_equal(out, 0.0)
+  with _raises(r"jaxdiv.sequence_kl_penalty: label out of range in `tokens`.* 99 >= .* 3"):
+    jax.block_until_ready(penalty(logits, logits, tokens, mask=jnp.array([[True, True]])))

@@ -264,7 +264,7 @@ def _static_arguments():
   for name in _public_functions():
     roles = getattr(getattr(jaxdiv, name), "_jaxdiv_roles", {})
     for arg, role in roles.items():
-      if role in ("axis", "unchecked") and arg != "mask":  # `mask` is an array
+      if role in ("axis", "unchecked"):
         out.append((name, arg))
   return out
 
