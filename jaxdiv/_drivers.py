@@ -31,9 +31,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdiv import _blocks as B
 from jaxdiv import _numerics
@@ -287,7 +285,13 @@ def _first_pass(pb: Problem, rows, one):
   comps = pb.st.comps
 
   def fn(cols, raws):
-    return _per_sub(pb, rows, cols, raws, lambda r, cxs: [c.loss.stats(x) for c, x in zip(comps, cxs, strict=True)])
+    return _per_sub(
+      pb,
+      rows,
+      cols,
+      raws,
+      lambda r, cxs: [c.loss.stats(x) for c, x in zip(comps, cxs, strict=True)],
+    )
 
   def merge(acc, new):
     return [B.merge(c.loss.reduce, a, b) for c, a, b in zip(comps, acc, new, strict=True)]
@@ -319,7 +323,9 @@ def _second_pass(pb: Problem, rows, one, first):
 
   def init(body):
     cols = B.Range(0, pb.st.vocab_block, None)
-    return jax.tree.map(lambda x: jnp.zeros((rows.size, *x.shape[1:]), x.dtype), _probe(pb, cols, sums))
+    return jax.tree.map(
+      lambda x: jnp.zeros((rows.size, *x.shape[1:]), x.dtype), _probe(pb, cols, sums)
+    )
 
   return _over_vocab(pb, rows, one, fn, merge, init)
 
@@ -366,12 +372,19 @@ def _values(pb: Problem, rows, stats):
 
 
 def _counts(pb: Problem, rows, stats):
-  """The rows ``reduction="mean"`` divides by: unmasked, and counted by every term."""
-  counted = B.rows_of(pb.arrays.get("row_mask"), rows)
+  """The rows ``reduction="mean"`` divides by: unmasked, and counted by some term (a term
+  without ``counts`` counts every row; the distillation loss's soft term counts a token
+  whose label's category ``where`` excludes)."""
+  by_terms = []
   for c, (f, _) in zip(pb.st.comps, stats, strict=True):
-    if hasattr(c.loss, "counts"):
-      k = c.loss.counts(Ctx(pb, c, rows), f)
-      counted = k if counted is None else counted & k
+    if not hasattr(c.loss, "counts"):
+      by_terms = None
+      break
+    by_terms.append(c.loss.counts(Ctx(pb, c, rows), f))
+  counted = B.rows_of(pb.arrays.get("row_mask"), rows)
+  if by_terms:
+    k = functools.reduce(jnp.logical_or, by_terms)
+    counted = k if counted is None else counted & k
   if counted is None:
     return jnp.full((rows.size,), 1, pb.dtype)
   return counted.astype(pb.dtype)
@@ -444,7 +457,9 @@ def _gradients(pb: Problem, rows, cols, raws, stats, g, acc):
     elif f"{side}_values" in acc:
       key = f"{side}_values"
       old = lax.dynamic_slice(acc[key], (rows.start, cols.start), (rows.size, cols.size))
-      acc[key] = lax.dynamic_update_slice(acc[key], old + d.astype(acc[key].dtype), (rows.start, cols.start))
+      acc[key] = lax.dynamic_update_slice(
+        acc[key], old + d.astype(acc[key].dtype), (rows.start, cols.start)
+      )
   return acc
 
 
@@ -476,7 +491,9 @@ def _token_block(pb: Problem, rows, g, acc, stats=None):
     return stats, acc
   g = _row_weights(pb, rows, g)
   hidden = [k for k in acc if k in HIDDEN]
-  acc = dict(acc, **{f"{k}_rows": jnp.zeros((rows.size, acc[k].shape[1]), pb.dtype) for k in hidden})
+  acc = dict(
+    acc, **{f"{k}_rows": jnp.zeros((rows.size, acc[k].shape[1]), pb.dtype) for k in hidden}
+  )
   if one is not None:
     acc = _gradients(pb, rows, *one, stats, g, acc)
   else:

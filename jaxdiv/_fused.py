@@ -129,7 +129,9 @@ def _side(fn: str, role: str, hidden, weight, logits, indices=None, log_probs=No
 
   ``names``: the caller's argument names for the five (default ``{role}_hidden`` etc.).
   """
-  names = names or tuple(f"{role}_{a}" for a in ("hidden", "weight", "logits", "indices", "log_probs"))
+  names = names or tuple(
+    f"{role}_{a}" for a in ("hidden", "weight", "logits", "indices", "log_probs")
+  )
   forms = {
     "head": (hidden, weight),
     "logits": (logits,),
@@ -283,7 +285,9 @@ class Job(NamedTuple):
     return int(np.prod(self.batch, dtype=np.int64))
 
   def static(self, num_rows, local_v, vocab_axis=None, data_axis=None) -> _drivers.Static:
-    blocks = _drivers.plan(num_rows, local_v, *self.chunks, sides=sum(k == "head" for k in self.kinds))
+    blocks = _drivers.plan(
+      num_rows, local_v, *self.chunks, sides=sum(k == "head" for k in self.kinds)
+    )
     return _drivers.Static(
       self.fn, self.comps, self.kinds, num_rows, self.num_v, local_v, *blocks,
       self.reduction, tuple(sorted(self.arrays)), self.diff_opts, vocab_axis, data_axis,
@@ -624,8 +628,9 @@ def linear_cross_entropy(
   opts = [(k, k) for k in ("z_loss", "smoothing") if k in options]
   comp = _comp(L.LabelsCE, ("q",), head, flags, opts)
   rows = {"labels": labels, "row_mask": labels >= 0}  # an ignored token adds nothing, even NaN
+  instead = "jaxdiv.cross_entropy(labels=..., q_logits=...)"
   return _job(fn, [comp], {"q": q}, q.batch, q.weight.shape[1], rows, where, reduction,
-              (chunk_size, token_chunk_size), base, "jaxdiv.cross_entropy(labels=..., q_logits=...)",
+              (chunk_size, token_chunk_size), base, instead,
               options)  # fmt: skip
 
 
@@ -1039,7 +1044,7 @@ def linear_distillation_loss(
   chunk_size: int | None = None,
   token_chunk_size: int | None = None,
 ) -> Array:
-  r"""A distillation loss of the student ``softmax(hidden @ weight)``: hard labels plus a soft teacher, one sweep.
+  r"""Hard labels plus a soft teacher for the student ``softmax(hidden @ weight)``, one sweep.
 
   .. math::
     \ell = w_h\, H(\mathbb{1}_y, s) + w_s\, [T^2]\, D\big(t_T, s_T\big),
@@ -1058,7 +1063,8 @@ def linear_distillation_loss(
     :math:`\alpha T^2 \mathrm{KL} + (1 - \alpha)\,\mathrm{CE}` is ``soft_weight=alpha``,
     ``hard_weight=1 - alpha``, ``scale_by_temperature_squared=True``);
   * ``"reverse_kl"``: :math:`\mathrm{KL}(s\|t)` (MiniLLM, on-policy distillation);
-  * ``"jsd"``: :math:`\mathrm{JS}_\beta(t\|s) = \beta\,\mathrm{KL}(t\|m) + (1-\beta)\,\mathrm{KL}(s\|m)`,
+  * ``"jsd"``:
+    :math:`\mathrm{JS}_\beta(t\|s) = \beta\,\mathrm{KL}(t\|m) + (1-\beta)\,\mathrm{KL}(s\|m)`,
     :math:`m = \beta t + (1-\beta) s` (``beta`` the teacher's weight), the divergence
     itself: 0 at :math:`\beta \in \{0, 1\}`;
   * ``"gkd"``: TRL's ``generalized_jsd_loss`` and Liger's ``LigerFusedLinearJSDLoss``
@@ -1072,7 +1078,8 @@ def linear_distillation_loss(
   stored categories ``teacher_indices`` with ``teacher_log_probs`` compared on the cells of
   ``tail`` (see :func:`linear_kl_divergence`; store the log-probabilities at the loss's
   temperature: they are used as given). A negative label (``-100``) ignores the token for
-  both terms (Liger's ``ignore_index``); {where}
+  both terms (Liger's ``ignore_index``); a label whose category ``where`` excludes makes the
+  hard term 0, and the token still counts for the soft term (and in a ``"mean"``). {where}
 
   {blocks}
 
