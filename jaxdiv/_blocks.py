@@ -137,6 +137,9 @@ class Head(NamedTuple):
   temperature: Array | None  # scalar, or None for T = 1
 
 
+NO_HEAD = Head(None, None)  # the identity transform
+
+
 def transform(head: Head, raw: Array) -> Array:
   """``cap tanh(r / cap) / T``; a ``-inf`` logit (an impossible category) stays ``-inf``."""
   z = raw
@@ -280,7 +283,7 @@ def lse_empty(n: int, dtype) -> Lse:
   return Lse(jnp.full((n,), -jnp.inf, dtype), jnp.full((n,), -1, dtype))
 
 
-def lse_block(raw: Array, head: Head = Head(None, None), keep=None) -> Lse:
+def lse_block(raw: Array, head: Head = NO_HEAD, keep=None) -> Lse:
   r"""The :class:`Lse` of a block of logits ``transform(head, raw)`` (``-inf`` where ``keep``
   is False), the sum leaving the arg-max terms out.
 

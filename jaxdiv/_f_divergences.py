@@ -354,7 +354,10 @@ def jensen_shannon_divergence(
     :func:`jaxdiv.kl_divergence`, :func:`jaxdiv.generators.jensen_shannon`.
   """
   fn = "jensen_shannon_divergence"
-  stored, head = (p_indices, p_log_probs, q_indices, q_log_probs), _inputs.head_options(fn, temperature, soft_cap)
+  stored, head = (
+    (p_indices, p_log_probs, q_indices, q_log_probs),
+    _inputs.head_options(fn, temperature, soft_cap),
+  )
   return _jensen_shannon(fn, p, q, weight, p_logits, q_logits, axis, where, base,
                          stored=stored, tail=tail, head=head)  # fmt: skip
 

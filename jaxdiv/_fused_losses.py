@@ -175,7 +175,9 @@ class LabelsCE:
       coef = coef - share[:, None]  # excluded categories: the driver zeroes them
       dy = dy + eps - share
     # the label's entry is set, not selected: no compare over the block
-    dz = coef.at[jnp.arange(z.shape[0])[:, None], LabelsCE._dropped(cx)].set(dy[:, None], mode="drop")
+    dz = coef.at[jnp.arange(z.shape[0])[:, None], LabelsCE._dropped(cx)].set(
+      dy[:, None], mode="drop"
+    )
     return {cx.side: dz * (~(ignored | out_of_range)).astype(z.dtype)[:, None]}
 
   @staticmethod

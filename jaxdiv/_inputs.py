@@ -408,7 +408,9 @@ def sparse(fn: str, role: str, indices, log_probs, num_v: int, names=None) -> Sp
   k = idx.shape[-1]
   key = jnp.where(padding, -1 - jnp.arange(k, dtype=idx.dtype), idx)
   key = jnp.sort(key, axis=-1)
-  dup = jnp.any(key[..., 1:] == key[..., :-1], axis=-1) if k > 1 else jnp.zeros(idx.shape[:-1], bool)
+  dup = (
+    jnp.any(key[..., 1:] == key[..., :-1], axis=-1) if k > 1 else jnp.zeros(idx.shape[:-1], bool)
+  )
   up = lp.astype(_numerics.compute_dtype(lp.dtype))
   mass = _numerics.logsumexp(jnp.where(padding, -jnp.inf, up))
   too_much = mass > jnp.log1p(jnp.asarray(sparse_tolerance(lp.dtype), up.dtype))
@@ -503,7 +505,8 @@ def transform_logits(fn: str, head: Head, *sources: Source) -> tuple[Source, ...
   for s in sources:
     if s.kind == "probs":
       opts = " and ".join(
-        f"`{k}`" for k, v in (("temperature", head.temperature), ("soft_cap", head.soft_cap))
+        f"`{k}`"
+        for k, v in (("temperature", head.temperature), ("soft_cap", head.soft_cap))
         if v is not None
       )
       raise ValueError(

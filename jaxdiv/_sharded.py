@@ -108,7 +108,9 @@ def _grad_specs(lay: _Layout, needs, per_row: bool):
   """How the gradients are split; a scalar option's derivative is one per row when
   ``per_row`` (a one-sweep residual without a reduction), else summed (replicated)."""
   st, specs = lay.st, dict(lay.specs)
-  return {k: (P(st.data_axis) if per_row else P()) if k in st.diff_opts else specs[k] for k in needs}
+  return {
+    k: (P(st.data_axis) if per_row else P()) if k in st.diff_opts else specs[k] for k in needs
+  }
 
 
 def _passes(lay: _Layout) -> _drivers.Passes:
@@ -190,7 +192,9 @@ def run(job: _fused.Job, fn: str, mesh, axis_name, data_axis_name) -> Array:
   try:
     return _fused.call(job, entry, fn)
   except (TypeError, NotImplementedError) as e:  # jvp of the custom VJP, or of its pmax
-    if "forward-mode autodiff" in str(e) or "rule for 'pmax'" in str(e) or "has no forward" in str(e):
+    if (
+      "forward-mode autodiff" in str(e) or "rule for 'pmax'" in str(e) or "has no forward" in str(e)
+    ):
       raise TypeError(
         f"{fn} has reverse-mode derivatives only (jax.grad, jax.vjp): no jax.jvp, "
         f"jax.jacfwd, jax.linearize or jax.hessian. For those use {job.instead} on "
@@ -375,8 +379,9 @@ def _materialised_job(fn, kind, p, p_logits, labels, q_logits, where, base) -> _
       comp = _fused._comp(L.Soft, ("p", "q"), flags=(("kind", kind),))
     else:
       comp = _fused._comp(L.KL if kind == "kl" else L.CE, ("p", "q"))
+  instead = f"jaxdiv.{'cross_entropy' if kind == 'ce' else 'kl_divergence'}"
   job = _fused._job(fn, [comp], sides, batch, num_v, rows, where, None, (None, None), base,
-                    f"jaxdiv.{'cross_entropy' if kind == 'ce' else 'kl_divergence'}", {})  # fmt: skip
+                    instead, {})  # fmt: skip
   if ps.kind == "probs":  # a probability side is not logits
     job = job._replace(kinds=("probs", "logits"))
   return job

@@ -93,7 +93,11 @@ def _inputs(shape, seed):
 _PAIRS = {  # fused, core, option
   "kl": ("linear_kl_divergence", "kl_divergence", {}),
   "reverse_kl": ("linear_kl_divergence", "kl_divergence", {}),
-  "jensen_shannon": ("linear_jensen_shannon_divergence", "jensen_shannon_divergence", {"weight": 0.5}),
+  "jensen_shannon": (
+    "linear_jensen_shannon_divergence",
+    "jensen_shannon_divergence",
+    {"weight": 0.5},
+  ),
   "skew_kl": ("linear_skew_kl_divergence", "skew_kl_divergence", {"alpha": 0.1}),
   "total_variation": ("linear_total_variation_distance", "total_variation_distance", {}),
 }
@@ -102,6 +106,7 @@ _PAIRS = {  # fused, core, option
 def _steps(loss, teacher):
   """``(fused_sum, fused_per_token, naive)``: scalar losses of ``(h, w, arrays)``."""
   if loss == "cross_entropy":
+
     def fused(h, w, a, reduction):
       return jaxdiv.linear_cross_entropy(h, w, a["labels"], reduction=reduction)
 
@@ -182,7 +187,9 @@ def bench_case(shape_name, shape, loss, teacher, config, progress=None) -> dict:
   if shape_name in ("small", "quick"):  # against float64, where a sign may round either way
     with jax.enable_x64(True):
       wide = {k: x.astype(jnp.float64) if x.dtype == jnp.float32 else x for k, x in arrays.items()}
-      ref = jax.jit(jax.value_and_grad(naive, (0, 1)))(h.astype(jnp.float64), w.astype(jnp.float64), wide)
+      ref = jax.jit(jax.value_and_grad(naive, (0, 1)))(
+        h.astype(jnp.float64), w.astype(jnp.float64), wide
+      )
       for k in ("fused_sum", "naive"):
         lv, g = compiled[k](h, w, arrays)
         out[k]["grad_rel_error_float64"] = max(_rel(a, b) for a, b in zip(g, ref[1], strict=True))
@@ -241,7 +248,10 @@ def bench_distillation(shape_name, shape, config, progress=None) -> dict:
 
     return f
 
-  compiled = {"hard_and_soft": _compile(loss(True), h, w, a), "naive": _compile(loss(False), h, w, a)}
+  compiled = {
+    "hard_and_soft": _compile(loss(True), h, w, a),
+    "naive": _compile(loss(False), h, w, a),
+  }
   timing = _time_alternately(compiled, (h, w, a), _rounds(config, shape_name))
   out = {"ratio_to_soft_alone": timing["hard_and_soft"]["ratio"],
          "soft_alone_seconds": timing["naive"]["seconds"]}  # fmt: skip
@@ -267,9 +277,11 @@ def run(config: Config, progress=None) -> dict:
     }
   return {
     "config": dataclasses.asdict(config),
-    "blocks": {"block_elements": jaxdiv._drivers.BLOCK_ELEMENTS,
-               "vocab_block_elements": jaxdiv._drivers.VOCAB_BLOCK_ELEMENTS,
-               "sub_elements": jaxdiv._drivers.SUB_ELEMENTS},  # fmt: skip
+    "blocks": {
+      "block_elements": jaxdiv._drivers.BLOCK_ELEMENTS,
+      "vocab_block_elements": jaxdiv._drivers.VOCAB_BLOCK_ELEMENTS,
+      "sub_elements": jaxdiv._drivers.SUB_ELEMENTS,
+    },  # fmt: skip
     "shapes": results,
     "machine": {
       "backend": jax.default_backend(),
@@ -284,7 +296,7 @@ def run(config: Config, progress=None) -> dict:
 def table(results: dict) -> str:
   """Markdown tables of the results: time ratios to the naive step, memory, accuracy."""
   lines = []
-  for shape_name, r in results["shapes"].items():
+  for r in results["shapes"].values():
     n, d, v = r["shape"]
     lines += [
       f"**{n} x {d} x {v}** (float32, value and gradient of the student step)",

@@ -263,8 +263,12 @@ def _distill_pair(layout, arrays, opts, chunks):
       t_kw = {k.replace("p_", "q_"): v for k, v in t_kw.items()}
       d = jaxdiv.kl_divergence(p_logits=zs, **t_kw, temperature=t, where=where)
     else:
-      fn = {"kl": jaxdiv.kl_divergence, "jsd": jaxdiv.jensen_shannon_divergence,
-            "skew_kl": jaxdiv.skew_kl_divergence, "tv": jaxdiv.total_variation_distance}[name]
+      fn = {
+        "kl": jaxdiv.kl_divergence,
+        "jsd": jaxdiv.jensen_shannon_divergence,
+        "skew_kl": jaxdiv.skew_kl_divergence,
+        "tv": jaxdiv.total_variation_distance,
+      }[name]
       extra = {"jsd": {"weight": beta}, "skew_kl": {"alpha": 0.2}}.get(name, {})
       d = fn(**t_kw, q_logits=zs, temperature=t, where=where, **extra)  # fmt: skip
     hard = jaxdiv.cross_entropy(labels=labels, q_logits=zs, where=where) if hw else 0.0
@@ -307,7 +311,9 @@ def test_fused_equals_core(cell):
   assert np.array_equal(np.isnan(vf), np.isnan(vc)), (vf, vc)
   assert np.array_equal(np.isinf(vf), np.isinf(vc)), (vf, vc)
   finite = np.isfinite(vc)
-  chex.assert_trees_all_close(np.asarray(vf)[finite], np.asarray(vc)[finite], rtol=1e-10, atol=1e-12)
+  chex.assert_trees_all_close(
+    np.asarray(vf)[finite], np.asarray(vc)[finite], rtol=1e-10, atol=1e-12
+  )
   if np.all(finite):
     chex.assert_trees_all_close(gf, gc, rtol=1e-9, atol=1e-11)
 
@@ -365,14 +371,18 @@ def test_forward_over_reverse_hessian_vector_products_match_core(reduction):
     return jax.jvp(jax.grad(f), (x,), (v,))[1]
 
   def fused(w):
-    loss = jaxdiv.linear_cross_entropy(h, w, labels, z_loss=0.01, reduction=reduction, **NON_DIVIDING)
+    loss = jaxdiv.linear_cross_entropy(
+      h, w, labels, z_loss=0.01, reduction=reduction, **NON_DIVIDING
+    )
     return jnp.sum(loss**2) if reduction is None else loss**2
 
   def core(w):
     loss = jaxdiv.cross_entropy(labels=labels, q_logits=h @ w, z_loss=0.01)
     return jnp.sum(loss**2) if reduction is None else jnp.sum(loss) ** 2
 
-  chex.assert_trees_all_close(jax.jit(lambda w: hvp(fused, w))(w), hvp(core, w), rtol=1e-10, atol=1e-12)
+  chex.assert_trees_all_close(
+    jax.jit(lambda w: hvp(fused, w))(w), hvp(core, w), rtol=1e-10, atol=1e-12
+  )
 
 
 def test_forward_mode_raises_naming_the_core_function_to_use():
@@ -393,7 +403,9 @@ def test_forward_mode_raises_naming_the_core_function_to_use():
 def test_no_derivative_for_a_constant_option():
   h, w = jnp.asarray(H), jnp.asarray(W)
   f = lambda t: jaxdiv.linear_cross_entropy(h, w, jnp.asarray(LABELS), temperature=t).sum()  # noqa: E731
-  with pytest.raises(TypeError, match=r"linear_cross_entropy: no derivative with respect to `temperature`"):
+  with pytest.raises(
+    TypeError, match=r"linear_cross_entropy: no derivative with respect to `temperature`"
+  ):
     jax.grad(f)(1.5)
 
 
@@ -401,7 +413,9 @@ def test_a_repeated_eager_call_compiles_nothing(caplog):
   h, w = jnp.asarray(H, jnp.float32), jnp.asarray(W, jnp.float32)
   idx, lp = _stored(TEACHER)
   calls = (
-    lambda: jaxdiv.linear_cross_entropy(h, w, jnp.asarray(LABELS), temperature=2.0, label_smoothing=0.1),
+    lambda: jaxdiv.linear_cross_entropy(
+      h, w, jnp.asarray(LABELS), temperature=2.0, label_smoothing=0.1
+    ),
     lambda: jax.grad(lambda h: jaxdiv.linear_kl_divergence(h, w, h, w, reduction="mean"))(h),
     lambda: jaxdiv.linear_distillation_loss(h, w, jnp.asarray(LABELS), teacher_indices=idx,
                                             teacher_log_probs=lp, hard_weight=0.5),
@@ -430,9 +444,12 @@ def _masked_nan_inputs(h, w, zt):
   h = jnp.where(keep[:, None], h, jnp.nan)
   zt = jnp.where(keep[:, None], zt, jnp.nan)
   labels = jnp.where(keep, jnp.asarray(LABELS), -100)
-  ce = jax.value_and_grad(lambda h, w: jaxdiv.linear_cross_entropy(h, w, labels, reduction="mean"), (0, 1))
+  ce = jax.value_and_grad(
+    lambda h, w: jaxdiv.linear_cross_entropy(h, w, labels, reduction="mean"), (0, 1)
+  )
   kl = jax.value_and_grad(lambda h, w, z: jaxdiv.linear_kl_divergence(
-    p_logits=z, q_hidden=h, q_weight=w, where=keep[:, None], reduction="sum"), (0, 1, 2))  # fmt: skip
+    p_logits=z, q_hidden=h, q_weight=w, where=keep[:, None], reduction="sum"),
+    (0, 1, 2))  # fmt: skip
   per_token = jaxdiv.linear_kl_divergence(p_logits=zt, q_hidden=h, q_weight=w, where=keep[:, None])
   return ce(h, w), kl(h, w, zt), per_token
 
@@ -481,7 +498,9 @@ def _offset_losses(hp, wp, hq, wq):
     return jnp.stack([ce, kl, js])
 
   c = jnp.asarray(np.random.default_rng(9).normal(size=N), jnp.float32)
-  value, grads = jax.value_and_grad(lambda *a: jnp.sum(losses(*a) * c), (0, 1, 2, 3))(hp, wp, hq, wq)
+  value, grads = jax.value_and_grad(lambda *a: jnp.sum(losses(*a) * c), (0, 1, 2, 3))(
+    hp, wp, hq, wq
+  )
   return losses(hp, wp, hq, wq), grads
 
 
@@ -580,8 +599,10 @@ def _bf16_gradients(rows, arrays, wide):
   """Every loss's fused bfloat16 gradients and float64 gradients on materialised logits."""
   out = {}
   for name, (fused, core) in BF_LOSSES.items():
-    g = jax.grad(lambda *a: jnp.sum(rows.astype(jnp.float32) * fused(*a)), (0, 1, 2, 3))(*arrays)
-    r = jax.grad(lambda hp, wp, hq, wq: jnp.sum(rows * core(hp @ wp, hq @ wq)), (0, 1, 2, 3))(*wide)
+    g = jax.grad(lambda *a, fused=fused: jnp.sum(rows.astype(jnp.float32) * fused(*a)),
+                 (0, 1, 2, 3))(*arrays)  # fmt: skip
+    r = jax.grad(lambda hp, wp, hq, wq, core=core: jnp.sum(rows * core(hp @ wp, hq @ wq)),
+                 (0, 1, 2, 3))(*wide)  # fmt: skip
     out[name] = (g, r)
   return out
 
@@ -644,7 +665,9 @@ def test_compiled_temporaries_are_a_few_blocks_not_rows_times_vocabulary(name):
   w = jax.ShapeDtypeStruct((MEM_D, MEM_V), jnp.float32)
   labels = jnp.zeros(MEM_N, jnp.int32)
   fns = {
-    "cross_entropy": lambda hp, wp, h, w: jaxdiv.linear_cross_entropy(h, w, labels, **MEM_CHUNKS).sum(),
+    "cross_entropy": lambda hp, wp, h, w: jaxdiv.linear_cross_entropy(
+      h, w, labels, **MEM_CHUNKS
+    ).sum(),
     "kl": lambda hp, wp, h, w: jaxdiv.linear_kl_divergence(hp, wp, h, w, **MEM_CHUNKS).sum(),
     "jensen_shannon": lambda hp, wp, h, w: jaxdiv.linear_jensen_shannon_divergence(
       hp, wp, h, w, reduction="sum", **MEM_CHUNKS),
@@ -663,9 +686,11 @@ def test_at_the_first_shapes_people_try_the_temporaries_are_no_larger_than_the_n
   h, w = jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((d, v), jnp.float32)
   labels = jnp.zeros(n, jnp.int32)
   fused = _temp_bytes(jax.value_and_grad(
-    lambda h, w: jaxdiv.linear_cross_entropy(h, w, labels, reduction="sum"), (0, 1)), h, w)  # fmt: skip
+    lambda h, w: jaxdiv.linear_cross_entropy(h, w, labels, reduction="sum"), (0, 1)),
+    h, w)  # fmt: skip
   naive = _temp_bytes(jax.value_and_grad(
-    lambda h, w: jaxdiv.cross_entropy(labels=labels, q_logits=h @ w).sum(), (0, 1)), h, w)  # fmt: skip
+    lambda h, w: jaxdiv.cross_entropy(labels=labels, q_logits=h @ w).sum(), (0, 1)),
+    h, w)  # fmt: skip
   assert fused - d * v * 4 <= naive, (fused, naive)
 
 
@@ -702,7 +727,8 @@ def _stored_losses(idx, lp, h, w):
   out = {}
   for tail in ("residual", "renormalize", "truncate"):
     f = lambda w, tail=tail: jaxdiv.linear_kl_divergence(  # noqa: E731
-      p_indices=idx, p_log_probs=lp, q_hidden=h, q_weight=w, tail=tail, **NON_DIVIDING)
+      p_indices=idx, p_log_probs=lp, q_hidden=h, q_weight=w, tail=tail, **NON_DIVIDING
+    )
     loss, vjp = jax.vjp(f, w)
     out[tail] = (loss, vjp(jnp.ones_like(loss))[0])
   return out
@@ -780,14 +806,19 @@ def test_distillation_is_the_weighted_sum_of_its_terms_and_gkd_switches_at_the_e
   counted = LABELS >= 0
   chex.assert_trees_all_close(both, jnp.where(counted, 0.3 * ce + 0.5 * 4.0 * kl, 0.0), rtol=1e-12)
   chex.assert_trees_all_close(gkd0, jnp.where(counted, kl, 0.0), rtol=1e-12)  # forward KL
-  assert np.all(np.asarray(gkd1)[counted] == np.inf)  # KL(student || teacher): the teacher rules out
+  assert np.all(
+    np.asarray(gkd1)[counted] == np.inf
+  )  # KL(student || teacher): the teacher rules out
 
 
 def test_gkd_needs_a_concrete_beta():
   h, w = jnp.asarray(H), jnp.asarray(W)
-  with pytest.raises(TypeError, match=r"linear_distillation_loss: divergence='gkd' needs a concrete `beta`"):
+  with pytest.raises(
+    TypeError, match=r"linear_distillation_loss: divergence='gkd' needs a concrete `beta`"
+  ):
     jax.jit(lambda b: jaxdiv.linear_distillation_loss(
-      h, w, jnp.asarray(LABELS), teacher_logits=TEACHER, divergence="gkd", beta=b))(0.5)  # fmt: skip
+      h, w, jnp.asarray(LABELS), teacher_logits=TEACHER, divergence="gkd", beta=b)
+    )(0.5)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -827,7 +858,8 @@ def test_argument_errors_name_the_function_the_arguments_and_shapes():
      TypeError, "`p_indices` must be an integer array, got dtype float"),
     (lambda: jaxdiv.linear_kl_divergence(p_indices=idx, p_log_probs=jnp.zeros((N, K + 1)),
                                          q_hidden=h, q_weight=w),
-     ValueError, r"`p_indices` and `p_log_probs` must have the same shape.*\(12, 6\) and \(12, 7\)"),
+     ValueError,
+     r"`p_indices` and `p_log_probs` must have the same shape.*\(12, 6\) and \(12, 7\)"),
     (lambda: jaxdiv.linear_kl_divergence(p_indices=idx, p_log_probs=idx * 0.0, p_logits=h @ w,
                                          q_hidden=h, q_weight=w),
      ValueError, r"p is given 2 times \(as `p_logits` and `p_indices`/`p_log_probs`\)"),
@@ -854,7 +886,11 @@ def test_argument_errors_name_the_function_the_arguments_and_shapes():
     ("linear_cross_entropy", {"temperature": 0.0}, "`temperature` must be a positive"),
     ("linear_cross_entropy", {"soft_cap": -1.0}, "`soft_cap` must be a positive"),
     ("linear_cross_entropy", {"z_loss": -0.1}, r"`z_loss` must be a finite number >= 0"),
-    ("linear_cross_entropy", {"label_smoothing": 1.5}, r"`label_smoothing` must be in \[0.0, 1.0\]"),
+    (
+      "linear_cross_entropy",
+      {"label_smoothing": 1.5},
+      r"`label_smoothing` must be in \[0.0, 1.0\]",
+    ),
     ("linear_cross_entropy", {"temperature": jnp.ones(2)}, "`temperature` must be a scalar"),
     ("linear_skew_kl_divergence", {}, "`alpha` is required"),
     ("linear_skew_kl_divergence", {"alpha": -0.5}, r"`alpha` must be in \[0.0, 1.0\]"),
@@ -911,13 +947,18 @@ def test_the_fused_benchmark_runs_and_its_losses_agree_with_the_naive_step(tmp_p
   assert bench["main"](["--quick", "--out", str(tmp_path)]) == 0
   results = json.loads((tmp_path / "bench_fused.json").read_text())
   (shape,) = results["shapes"].values()
-  assert set(shape["cases"]) == {f"{loss}/{t}" for loss in bench["LOSSES"] for t in bench["TEACHERS"]
-                                 if loss != "cross_entropy" or t == "head"}  # fmt: skip
+  cases = {f"{loss}/{t}" for loss in bench["LOSSES"] for t in bench["TEACHERS"]
+           if loss != "cross_entropy" or t == "head"}  # fmt: skip
+  assert set(shape["cases"]) == cases
   for case, c in shape["cases"].items():
     for k in ("fused_sum", "fused_per_token"):
       assert c[k]["loss_rel_error"] <= 1e-5, (case, k, c[k])
       # a total variation's sign may round either way between two float32 programs
-      ref = "grad_rel_error_float64" if case.startswith("total") and k == "fused_sum" else "grad_rel_error"
+      ref = (
+        "grad_rel_error_float64"
+        if case.startswith("total") and k == "fused_sum"
+        else "grad_rel_error"
+      )
       assert c[k][ref] <= 1e-4, (case, k, c[k])
     assert c["naive"]["temp_bytes"] >= 4 * 64 * 2048  # the naive step holds the logits
   assert shape["stored_teacher"]["ratio_to_linear_cross_entropy"] > 0

@@ -94,8 +94,12 @@ def test_every_function_tail_and_stored_role_equals_the_coarse_grained_oracle():
   got = _all_values(jnp.asarray(idx), jnp.asarray(lp), jnp.asarray(Z))
   for (name, tail, role), (from_logits, from_probs) in got.items():
     want = _oracle(name, tail, role, idx, lp, Z)
-    np.testing.assert_allclose(from_logits, want, rtol=1e-10, atol=1e-12, err_msg=str((name, tail, role)))
-    np.testing.assert_allclose(from_probs, want, rtol=1e-10, atol=1e-12, err_msg=str((name, tail, role)))
+    np.testing.assert_allclose(
+      from_logits, want, rtol=1e-10, atol=1e-12, err_msg=str((name, tail, role))
+    )
+    np.testing.assert_allclose(
+      from_probs, want, rtol=1e-10, atol=1e-12, err_msg=str((name, tail, role))
+    )
 
 
 def test_the_residual_tail_obeys_the_data_processing_inequality():
@@ -131,7 +135,9 @@ def test_a_listed_mass_of_one_makes_residual_truncate_but_not_renormalize():
 
 def test_padding_slots_are_ignored_whatever_their_index():
   idx, lp = _top_k(ZS)
-  pad_idx = np.concatenate([idx, idx[:, :1], np.full((N, 1), 10**6)], axis=-1)  # repeat, out of range
+  pad_idx = np.concatenate(
+    [idx, idx[:, :1], np.full((N, 1), 10**6)], axis=-1
+  )  # repeat, out of range
   pad_lp = np.concatenate([lp, np.full((N, 2), -np.inf)], axis=-1)
   for tail in TAILS:
     want = _call("kl_divergence", "p", idx, lp, Z, tail=tail)
@@ -152,12 +158,17 @@ def test_invalid_rows_give_nan_and_valid_rows_are_untouched():
   np.testing.assert_allclose(got[4:], want, rtol=1e-10)
 
 
+def _js(tail, idx, lp, z):
+  return _oracle("jensen_shannon_divergence", tail, "p", idx, lp, z).sum()
+
+
 def test_gradients_in_the_dense_logits_and_the_stored_log_probs_match_the_oracle():
   """The oracle differentiated by central differences in float64."""
   idx, lp = _top_k(ZS)
   for tail in TAILS:
     f = lambda lp, z, tail=tail: jnp.sum(  # noqa: E731
-      _call("jensen_shannon_divergence", "p", idx, lp, z, tail=tail))
+      _call("jensen_shannon_divergence", "p", idx, lp, z, tail=tail)
+    )
     g_lp, g_z = jax.grad(f, argnums=(0, 1))(jnp.asarray(lp), jnp.asarray(Z))
     for arg, g in ((0, g_lp), (1, g_z)):
       x = (lp, Z)[arg]
@@ -166,8 +177,7 @@ def test_gradients_in_the_dense_logits_and_the_stored_log_probs_match_the_oracle
         e = np.zeros_like(x)
         e[i] = 1e-6
         plus, minus = [(lp + s * e, Z) if arg == 0 else (lp, Z + s * e) for s in (1, -1)]
-        num[i] = (_oracle("jensen_shannon_divergence", tail, "p", idx, *plus).sum()
-                  - _oracle("jensen_shannon_divergence", tail, "p", idx, *minus).sum()) / 2e-6  # fmt: skip
+        num[i] = (_js(tail, idx, *plus) - _js(tail, idx, *minus)) / 2e-6
       np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-7, err_msg=f"{tail}, argument {arg}")
 
 
@@ -284,11 +294,13 @@ def test_z_loss_adds_the_squared_log_normaliser_and_is_zero_on_ignored_labels():
 @pytest.mark.parametrize(
   "edit, match",
   [
-    (lambda i, l: (i.at[0, 0].set(V), l), r"index out of range in `p_indices` .* 9 is not in \[0, 9\)"),
+    (lambda i, l: (i.at[0, 0].set(V), l),
+     r"index out of range in `p_indices` .* 9 is not in \[0, 9\)"),
     (lambda i, l: (i.at[0, 1].set(i[0, 0]), l), "a category listed twice in a row of `p_indices`"),
     (lambda i, l: (i, l.at[0, 0].set(0.1)), "log-probability above 0.* in `p_log_probs`"),
     (lambda i, l: (i, l.at[0, 0].set(jnp.nan)), "NaN log-probability.* in `p_log_probs`"),
-    (lambda i, l: (i, jnp.log(jnp.full_like(l, 0.4))), r"`p_log_probs` \(shape \(5, 3\)\) lists a mass above 1"),
+    (lambda i, l: (i, jnp.log(jnp.full_like(l, 0.4))),
+     r"`p_log_probs` \(shape \(5, 3\)\) lists a mass above 1"),
   ],
 )  # fmt: skip
 def test_checked_mode_names_the_bad_stored_value(edit, match):
