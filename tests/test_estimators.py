@@ -415,24 +415,24 @@ def test_kl_estimate_clip_matches_openrlhf_compute_approx_kl(estimator):
 
 
 def test_kl_estimate_clamps_zero_gradient_outside_the_bounds():
-  def grads(log_r, **kw):
-    f = lambda lp, lq: jaxdiv.kl_estimate(lp, lq, **kw)  # noqa: E731
-    return jax.vmap(jax.grad(f, argnums=(0, 1)))(jnp.asarray(log_r), jnp.zeros(len(log_r)))
+  log_r = jnp.array([-25.0, 25.0, 3.0, 1.0, 12.0])
 
-  # log r beyond the log-ratio clip: k3 held at k3(20) (no value clip), derivative 0.
-  gp, gq = grads([-25.0, 25.0], estimator="k3", log_ratio_clip=(-20, 20))
-  np.testing.assert_array_equal(np.asarray([gp, gq]), 0.0)
-  v = jaxdiv.kl_estimate(jnp.array([-25.0, 25.0]), 0.0, log_ratio_clip=(-20, 20))
+  def grads(estimator, **kw):
+    f = lambda lp: jnp.sum(jaxdiv.kl_estimate(lp, 0.0, estimator=estimator, **kw))  # noqa: E731
+    return jax.grad(f)(log_r)
+
+  # Beyond the log-ratio clip k3 is held at k3(+-20), with derivative 0.
+  v = jaxdiv.kl_estimate(log_r[:2], 0.0, log_ratio_clip=(-20, 20))
   np.testing.assert_allclose(v, [exact_g(-20.0), exact_g(20.0)], rtol=1e-14)
-  # the estimate beyond its clip: 0; inside it: the estimator's own derivative.
-  gp, gq = grads([3.0, 1.0, 12.0], estimator="k1", clip=(-10, 10))
-  np.testing.assert_array_equal(gp, [-1.0, -1.0, 0.0])
-  gp, _ = grads([3.0, 1.0], estimator="k3", clip=(None, 10))
-  np.testing.assert_allclose(gp, [0.0, math.e - 1], rtol=1e-15)
-  # one-sided bounds: None is unbounded
+  np.testing.assert_allclose(
+    grads("k3", log_ratio_clip=(-20, 20)), [0, 0, math.e**3 - 1, math.e - 1, math.e**12 - 1]
+  )
+  # Beyond the estimate's clip, 0 (k3 is 24 at log r = -25 and 16.9 at 3; k1 is -12 at 12);
+  # inside it, the estimator's own derivative. None is unbounded.
+  np.testing.assert_allclose(grads("k3", clip=(None, 10)), [0, 0, 0, math.e - 1, 0], rtol=1e-15)
+  np.testing.assert_array_equal(grads("k1", clip=(-10, 10)), [0, 0, -1, -1, 0])
   np.testing.assert_array_equal(
-    jaxdiv.kl_estimate(jnp.array([-12.0, 12.0]), 0.0, estimator="k1", clip=(None, 10)),
-    [10.0, -12.0],
+    jaxdiv.kl_estimate(log_r, 0.0, estimator="k1", clip=(None, 10)), [10, -25, -3, -1, -12]
   )
 
 
@@ -443,12 +443,10 @@ def test_kl_estimate_clip_finite_in_float32_where_k3_overflows():
   def f(lp, lq):
     return jaxdiv.kl_estimate(lp, lq, clip=(-10, 10))
 
-  value = f(lp, lq)
+  value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(lp, lq)
   assert value.dtype == jnp.float32 and float(value) == 10.0
-  for g in (jax.grad(f, argnums=(0, 1))(lp, lq), jax.jit(jax.grad(f, argnums=(0, 1)))(lp, lq)):
-    assert [float(x) for x in g] == [0.0, 0.0]
+  assert [float(g) for g in grads] == [0.0, 0.0]  # not NaN: no 0 * inf from the overflow
   assert float(jax.jacfwd(f)(lp, lq)) == 0.0
-  assert float(jax.hessian(f)(lp, lq)) == 0.0
 
 
 def test_kl_estimate_straight_through_with_clamps_is_verls_k3_plus():
@@ -555,15 +553,16 @@ def test_aggregate_tokens_matches_float64_restatement(mode):
     np.testing.assert_allclose(got, ref_aggregate(values, mask, mode, 4096), rtol=1e-13)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "token-sum"])  # verl's four
 def test_aggregate_tokens_matches_verl_agg_loss(mode):
   values, mask = _batch()
   got = float(jaxdiv.aggregate_tokens(values, mask, mode))
   want = verl_agg_loss(values, mask, mode)
   if mode == "seq-mean-token-sum-norm":  # verl sums the sequences, this mode averages them
     want /= np.sum(mask.any(-1))
-  rtol = 1e-8 if mode == "seq-mean-token-mean" else 1e-13  # verl divides by count + 1e-8
-  np.testing.assert_allclose(got, want, rtol=rtol)
+  # verl divides each sequence by its count + 1e-8: off by at most 1e-8 of each |term|.
+  atol = 1e-8 * np.abs(values).sum() if mode == "seq-mean-token-mean" else 0.0
+  np.testing.assert_allclose(got, want, rtol=1e-13, atol=atol)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -603,8 +602,12 @@ def test_aggregate_tokens_errors_name_the_argument():
     jaxdiv.aggregate_tokens(v, m, "mean")
   with pytest.raises(TypeError, match="aggregate_tokens: `mask` must be bool"):
     jaxdiv.aggregate_tokens(v, jnp.ones((2, 3)), "token-mean")
-  with pytest.raises(ValueError, match=r"`mask` with shape \(3, 3\) must broadcast"):
+  with pytest.raises(
+    ValueError, match=r"cannot broadcast `values` .* and `mask` with shape \(3, 3\)"
+  ):
     jaxdiv.aggregate_tokens(v, jnp.ones((3, 3), bool), "token-mean")
+  with pytest.raises(ValueError, match=r"`mask` with shape \(4, 2, 3\) must broadcast to the"):
+    jaxdiv.aggregate_tokens(v, jnp.ones((4, 2, 3), bool), "token-mean")
   with pytest.raises(ValueError, match="`values` needs a token axis"):
     jaxdiv.aggregate_tokens(1.0, True, "token-mean")
   with pytest.raises(ValueError, match="`normalizer` applies to mode 'seq-mean-token-sum-norm'"):
@@ -650,9 +653,7 @@ def test_sequence_kl_penalty_category_where_equals_masking_both_logits():
 
     def by_logits(z):
       ninf = jnp.full_like(z, -jnp.inf)
-      return jaxdiv.sequence_kl_penalty(
-        jnp.where(cats, z, ninf), jnp.where(cats, q, ninf), tokens
-      )
+      return jaxdiv.sequence_kl_penalty(jnp.where(cats, z, ninf), jnp.where(cats, q, ninf), tokens)
 
     grad = lambda f: jax.grad(lambda z: f(z).sum())(p)  # noqa: E731
     return by_where(p), by_logits(p), grad(by_where), grad(by_logits)

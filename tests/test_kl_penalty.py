@@ -1,6 +1,8 @@
-"""experiments/kl_penalty.py in its quick configuration: the results contract and its claims."""
+"""experiments/kl_penalty/ in its quick configuration: the results contract and its claims."""
 
 import json
+import runpy
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,12 @@ from experiments import _io, kl_penalty
 pytestmark = pytest.mark.slow
 
 QUICK = ["--quick", "--quiet"]
-FIGURES = ("kl_penalty_bias", "kl_penalty_training", "kl_penalty_policies")
+FIGURES = (
+  "kl_penalty_bias",
+  "kl_penalty_training",
+  "kl_penalty_policies",
+  "kl_penalty_clamps_lengths",
+)
 GRADIENT_KEYS = {"bias_norm", "bias_se", "num_samples", "predicted_bias_norm", "theory_unbiased"}
 
 
@@ -39,7 +46,17 @@ def _kl(p, q):
 
 
 def test_results_contract_keys(results):
-  assert {"config", "versions", "bandit", "sequence", "claims", "all_claims_pass"} <= set(results)
+  top = {
+    "config",
+    "versions",
+    "bandit",
+    "sequence",
+    "clamps",
+    "lengths",
+    "claims",
+    "all_claims_pass",
+  }
+  assert top <= set(results)
   assert {"jax", "optax", "jaxdiv"} <= set(results["versions"])
   cfg, b, s = results["config"], results["bandit"], results["sequence"]
   k = cfg["num_actions"]
@@ -144,6 +161,79 @@ def test_k3_loss_fixed_point_and_k1_loss_limit(results):
   assert b["training"]["k3_reward"]["predicted_final_kl"] is None
 
 
+def _verl_k3(log_r):
+  """verl's low_var_kl (kl_penalty_forward in verl/trainer/ppo/core_algos.py) of log r."""
+  kl = np.clip(log_r, -20, 20)
+  return np.clip(np.exp(kl) - kl - 1, -10, 10)
+
+
+def test_clamps_recomputed_from_the_recorded_problem(results):
+  """The clamped k3 means along the drift, restated in numpy from verl's formula."""
+  b, c = results["bandit"], results["clamps"]
+  ref, theta = np.asarray(b["reference_logits"]), np.asarray(b["gradient_logits"])
+  scales = np.asarray(c["scales"])
+  assert len(scales) == results["config"]["clamp_num_scales"]
+  np.testing.assert_allclose(scales[1:] / scales[:-1], 2.0)
+  est, grads = c["estimates"], c["gradients"]
+  assert set(est) == {"k3", "verl_k3", "openrlhf_k3", "k1", "openrlhf_k1"}
+  for i, s in enumerate(scales):
+    pi, pr = _softmax(ref + s * (theta - ref)), _softmax(ref)
+    log_r = np.log(pr) - np.log(pi)
+    kl = _kl(pi, pr)
+    np.testing.assert_allclose(c["exact_kl"][i], kl, rtol=1e-10)
+    np.testing.assert_allclose(c["max_log_ratio"][i], log_r.max(), rtol=1e-10)
+    np.testing.assert_allclose(est["verl_k3"]["mean"][i], pi @ _verl_k3(log_r), rtol=1e-10)
+    np.testing.assert_allclose(est["k3"]["mean"][i], kl, rtol=1e-9)
+    clipped = pi @ (np.expm1(log_r) - log_r > 10)
+    np.testing.assert_allclose(est["verl_k3"]["binding_mass"][i], clipped, rtol=1e-12, atol=0)
+    if clipped > 0:
+      assert est["verl_k3"]["mean"][i] < kl and est["verl_k3"]["std"][i] < est["k3"]["std"][i]
+    ell = -log_r
+    grad_kl = pi * (ell - pi @ ell)
+    np.testing.assert_allclose(c["exact_kl_gradient_norm"][i], np.linalg.norm(grad_kl), rtol=1e-9)
+    # k3 in the loss unclamped follows grad KL(pi_ref || pi) = pi - pi_ref (the other way)
+    np.testing.assert_allclose(
+      grads["k3_loss"]["bias_norm"][i], np.linalg.norm(pi - pr - grad_kl), rtol=1e-8, atol=1e-15
+    )
+    assert grads["verl_k3_straight_through_loss"]["bias_norm"][i] <= 1e-12
+  assert est["verl_k3"]["mean"] == est["openrlhf_k3"]["mean"]
+  assert c["max_log_ratio"][-1] > 20 and max(est["verl_k3"]["binding_mass"]) > 0
+
+
+def test_lengths_contract_and_the_sequence_level_modes(results):
+  ln, cfg = results["lengths"], results["config"]
+  assert set(ln["modes"]) == set(kl_penalty.MODES)
+  batch, horizon = ln["batch_size"], ln["horizon"]
+  assert batch == cfg["batch_size"] and horizon == cfg["length_horizon"] >= 2
+  for key in ("optimum_length_probs", "reference_length_probs"):
+    assert len(ln[key]) == horizon
+    np.testing.assert_allclose(sum(ln[key]), 1.0, rtol=1e-12)
+  lengths = np.arange(1, horizon + 1)
+  np.testing.assert_allclose(ln["optimum_mean_length"], lengths @ ln["optimum_length_probs"])
+  scales = {"seq-mean-token-sum": 1.0, "token-sum": batch, "seq-mean-token-sum-norm": 1 / horizon}
+  for mode, row in ln["modes"].items():
+    np.testing.assert_allclose(sum(row["fixed_point_length_probs"]), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(
+      row["fixed_point_mean_length"], lengths @ row["fixed_point_length_probs"]
+    )
+    assert row["pair_closed_form_relative_error"] <= 1e-10, mode
+    assert row["gives_sequence_level_gradient"] == (mode in scales), mode
+    if mode in scales:  # the sequence-level gradient, times a constant: the optimum is the end
+      np.testing.assert_allclose(row["expected_gradient_scale"], scales[mode], rtol=1e-9)
+      np.testing.assert_allclose(row["penalty_gradient_scale"], scales[mode], rtol=1e-9)
+      assert row["expected_gradient_sine"] <= 1e-9 and row["penalty_gradient_sine"] <= 1e-9
+      assert abs(row["fixed_point_kl_to_optimum"]) <= cfg["length_fixed_point_tol"], mode
+      np.testing.assert_allclose(
+        row["fixed_point_length_probs"], ln["optimum_length_probs"], rtol=1e-6, atol=1e-9
+      )
+    else:
+      assert row["expected_gradient_sine"] > 1e-3, mode
+      assert row["fixed_point_kl_to_optimum"] > 1e3 * cfg["length_fixed_point_tol"], mode
+  # per-sequence normalisation ends farthest from pi*
+  worst = max(ln["modes"], key=lambda m: ln["modes"][m]["fixed_point_kl_to_optimum"])
+  assert worst == "seq-mean-token-mean"
+
+
 def test_rerun_is_byte_identical_and_figures_come_from_the_json(quick_run, tmp_path):
   assert kl_penalty.main([*QUICK, "--out", str(tmp_path), "--no-plot"]) == 0
   a, b = (d / "kl_penalty.json" for d in (quick_run, tmp_path))
@@ -159,4 +249,17 @@ def test_bad_config_is_one_line(tmp_path):
   with pytest.raises(SystemExit) as e:
     kl_penalty.main([*QUICK, "--horizon", "2", "--out", str(tmp_path)])
   assert str(e.value) == "error: invalid configuration: horizon must be >= 3, got 2"
+  with pytest.raises(SystemExit) as e:
+    kl_penalty.main([*QUICK, "--length-horizon", "1", "--out", str(tmp_path)])
+  assert str(e.value) == "error: invalid configuration: length_horizon must be >= 2, got 1"
   assert not (tmp_path / "kl_penalty.json").exists()
+
+
+def test_python_dash_m_entry_point(monkeypatch, capsys):
+  """``python -m experiments.kl_penalty`` runs the package's ``__main__`` (here with --help)."""
+  monkeypatch.setattr(sys, "argv", ["kl_penalty", "--help"])
+  with pytest.raises(SystemExit) as e:
+    runpy.run_module("experiments.kl_penalty", run_name="__main__")
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage:") and "--clamp-max-scale" in out and "--length-horizon" in out

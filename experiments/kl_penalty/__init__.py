@@ -110,8 +110,14 @@ expected penalty gradient of each (k3 in the loss, verl's k3+, k1 in the reward)
 ends one, all end at ``length_horizon``), GRPO's per-token loss with an outcome advantage and
 ``jaxdiv.sequence_kl_penalty``, and each mode's exact expected gradient over batches of
 ``batch_size`` against :math:`\nabla J`, its fixed point (Adam then Newton on the exact
-expected gradient) against :math:`\pi^*`, and a Monte-Carlo check of every closed form with
-``jax.grad`` of ``aggregate_tokens`` itself.
+expected gradient) against :math:`\pi^*`, every closed form checked exactly against
+``jax.grad`` of ``aggregate_tokens`` itself over every batch of two sequences. Their claims:
+the clamped k3 mean equals the KL where no clamp binds and falls below it where one does;
+verl's and OpenRLHF's k3 agree; k3+ keeps an unbiased gradient under the clamps; the k3
+loss's gradient changes exactly where they bind; ``seq-mean-token-sum`` (and ``token-sum``,
+``seq-mean-token-sum-norm``, constant multiples) have the sequence-level gradient, penalty
+part included, and end at :math:`\pi^*`; ``token-mean`` and ``seq-mean-token-mean`` do not,
+the latter beyond ``away_factor`` training tolerances.
 
 **Layout.** ``model.py``: the problems, the tabular policies, the optimum and the one-step
 fixed points; ``estimators.py``: the variants, parts (a) and (b) and the predicted ends;

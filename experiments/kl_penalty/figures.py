@@ -190,6 +190,9 @@ def _clamps_and_lengths(plt, plotting, results, out_dir) -> list:
 
   ax = axes[1, 1]
   ax.bar(xm, [max(r["fixed_point_kl_to_optimum"], FLOOR) for r in rows], color=colors)
+  for i, r in enumerate(rows):
+    if r["gives_sequence_level_gradient"]:
+      ax.text(i, 3e-15, "pi*, to\nround-off", ha="center", fontsize=7)
   tol = results["config"]["sequence_tolerance"]
   ax.axhline(tol, color="k", ls=":", lw=1, label="training tolerance")
   ax.set_yscale("log")

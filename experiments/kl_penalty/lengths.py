@@ -42,7 +42,7 @@ MODES = (
   "seq-mean-token-mean",
   "seq-mean-token-sum-norm",
 )
-NEWTON_STEPS = 10  # after Adam: the fixed points to round-off
+NEWTON_STEPS = 10  # after Adam
 
 
 def sequence_level_scales(batch, horizon) -> dict:
@@ -184,8 +184,9 @@ def _newton(x, mode, data, batch):
 
 
 def _fixed_point(mode, data, batch, steps, lr):
-  """Adam from the reference, then Newton: (flat tables, |field| at the start, after Adam,
-  at the end)."""
+  """Adam from the reference, then Newton steps: (flat tables, |field| at the start, after
+  Adam, at the end). The Jacobian holds ``sequence_kl_penalty``'s later-token sums fixed (its
+  gradient stops there), so the steps converge linearly, not quadratically."""
   x = x0 = ravel_pytree(data["ref"])[0]
   x = _adam(x, mode, data, batch, lr, steps=steps)
   after_adam = _residual(x, mode, data, batch)
