@@ -90,27 +90,40 @@ class Static(NamedTuple):
 def plan(num_rows: int, num_v: int, chunk_size=None, token_chunk_size=None, sides=1):
   """``(token_block, vocab_block)``: the given sizes, or sizes chosen from the problem.
 
-  A block of logits is held for each of the ``sides`` dense distributions, all within
-  :data:`BLOCK_ELEMENTS`: the whole vocabulary of a block of tokens when at least
-  ``_MIN_ROWS`` tokens fit (the weight's gradient then takes one ``D x V`` product per
-  block of many tokens), else ``_MIN_ROWS`` tokens by as many categories as fit. Blocks are
-  never larger than the problem, and tokens are split into equal blocks.
+  A block of logits holds at most :data:`BLOCK_ELEMENTS`: the whole vocabulary of a block
+  of tokens when at least ``_MIN_ROWS`` tokens fit (the weight's gradient then takes one
+  ``D x V`` product per block of many tokens), else ``_MIN_ROWS`` tokens by as many
+  categories as fit (a budget shared by the ``sides`` dense distributions). Blocks are
+  never larger than the problem; chosen token blocks are a multiple of ``_MIN_ROWS`` that
+  divides the tokens where one fits (the products run fastest at such sizes), else equal
+  blocks of a multiple of 16 tokens.
   """
   n, v = max(num_rows, 1), max(num_v, 1)
-  budget = max(1, BLOCK_ELEMENTS // max(sides, 1))
   if chunk_size is None and token_chunk_size is None:
-    if min(n, _MIN_ROWS) * v <= budget:
-      chunk_size, token_chunk_size = v, budget // v
-    else:  # the statistics merge over vocabulary blocks: small ones are as fast
-      token_chunk_size = _MIN_ROWS
-      chunk_size = max(1, VOCAB_BLOCK_ELEMENTS // max(sides, 1) // _MIN_ROWS)
+    if min(n, _MIN_ROWS) * v <= BLOCK_ELEMENTS:
+      return _rows_per_block(n, BLOCK_ELEMENTS // v), v
+    # the statistics merge over vocabulary blocks: small ones are as fast
+    token_chunk_size = _MIN_ROWS
+    chunk_size = max(1, VOCAB_BLOCK_ELEMENTS // max(sides, 1) // _MIN_ROWS)
   elif chunk_size is None:
-    chunk_size = max(1, budget // min(token_chunk_size, n))
+    chunk_size = max(1, BLOCK_ELEMENTS // max(sides, 1) // min(token_chunk_size, n))
   elif token_chunk_size is None:
-    token_chunk_size = max(1, budget // min(chunk_size, v))
+    token_chunk_size = max(1, BLOCK_ELEMENTS // max(sides, 1) // min(chunk_size, v))
   chunk_size, token_chunk_size = min(chunk_size, v), min(token_chunk_size, n)
   blocks = -(-n // token_chunk_size)
   return -(-n // blocks), chunk_size
+
+
+def _rows_per_block(n: int, fit: int) -> int:
+  """Tokens per block, at most ``fit`` (``>= _MIN_ROWS``): all ``n`` if they fit."""
+  if n <= fit:
+    return n
+  top = fit // _MIN_ROWS * _MIN_ROWS
+  for rows in range(top, 0, -_MIN_ROWS):
+    if n % rows == 0:
+      return rows
+  equal = -(-n // -(-n // top))
+  return min(top, -(-equal // 16) * 16)
 
 
 # ---------------------------------------------------------------------------

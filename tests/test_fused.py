@@ -645,11 +645,14 @@ def _temp_bytes(f, *shapes):
 
 def test_blocks_are_sized_from_the_problem_and_never_larger_than_it():
   assert _drivers.plan(128, 8192) == (128, 8192)  # one block: the whole problem
-  n, c = _drivers.plan(1024, 32768)
-  blocks = -(-1024 // n)  # equal blocks: the last one repeats fewer rows than there are blocks
-  assert c == 32768 and n * c <= _drivers.BLOCK_ELEMENTS and blocks * n - 1024 < blocks
-  n2, c2 = _drivers.plan(1024, 32768, sides=2)  # two heads share the budget
-  assert c2 == 32768 and 2 * n2 * c2 <= _drivers.BLOCK_ELEMENTS
+  for rows, v in ((1024, 32768), (8192, 65536)):  # a multiple of 128 that divides the tokens
+    n, c = _drivers.plan(rows, v)
+    assert c == v and n * c <= _drivers.BLOCK_ELEMENTS and n % 128 == 0 and rows % n == 0
+    assert 2 * n * c > _drivers.BLOCK_ELEMENTS or rows == n  # the largest such block
+  n, c = _drivers.plan(1000, 32768)  # none divides: equal blocks of a multiple of 16 tokens
+  blocks = -(-1000 // n)
+  assert c == 32768 and n % 16 == 0 and n * c <= _drivers.BLOCK_ELEMENTS
+  assert blocks * n - 1000 < 16 * blocks
   n3, c3 = _drivers.plan(512, 262144)  # the whole vocabulary does not fit 128 tokens
   assert n3 == 128 and c3 < 262144 and n3 * c3 <= _drivers.VOCAB_BLOCK_ELEMENTS
   assert _drivers.plan(7, 5, 4, 3) == (3, 4)  # given sizes, tokens in equal blocks
