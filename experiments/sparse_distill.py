@@ -27,9 +27,13 @@ from what was stored, always with a fused loss (the student's logits are never f
 
 Sampled and tempered students use ``tail="residual"`` (with a listed mass of 1 it equals
 ``"truncate"``). The draws of every step come from a key folded from the seed, the form and
-the step, so a rerun draws the same tokens. The students' log-probabilities are stored in
-float32 (the byte counts assume bfloat16; ``bfloat16`` in the results measures what that
-rounding changes).
+the step, so a rerun draws the same tokens. The stored log-probabilities are kept in float32
+(the byte counts assume bfloat16; ``bfloat16`` in the results measures what that rounding
+changes). The teacher has distill.py's default sizes but its own draws (it is not the
+teacher of ``distill.json``); the students take 300 steps (distill.py: 200). All students of
+a seed train in step, so that each batch's teacher logits and top-k are formed once; every
+stored form is padded to one width (``-inf`` slots), so that one compiled loss per tail
+serves every k and S.
 
 Every student is evaluated once, after its last step, on ``eval_tokens`` held-out
 positions: cross-entropy on the real next token, KL(teacher || student) (full), top-1
@@ -142,9 +146,13 @@ class Config:
       try:
         sizes = _sizes(getattr(self, name))
       except ValueError:
-        raise ValueError(f"{name} must be comma-separated integers, got {getattr(self, name)!r}")
+        raise ValueError(
+          f"{name} must be comma-separated integers, got {getattr(self, name)!r}"
+        ) from None
       if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-        raise ValueError(f"{name} must list distinct positive integers, got {getattr(self, name)!r}")
+        raise ValueError(
+          f"{name} must list distinct positive integers, got {getattr(self, name)!r}"
+        )
       if self.budget not in sizes:
         raise ValueError(f"budget ({self.budget}) must be one of {name} ({getattr(self, name)})")
     if max(_sizes(self.top_k)) >= self.vocab_size:
@@ -195,11 +203,32 @@ QUICK = dict(
 HELP = {
   "seed": "the one seed behind every random draw",
   "num_seeds": "student replicates (each its own init, batches and draws)",
+  "file_stride": "every file_stride-th top-level stdlib module, in sorted order",
+  "heldout_every": "every heldout_every-th selected file is held out",
+  "vocab_size": "<bos>, <unk> and the most frequent training tokens",
+  "context": "previous tokens the model reads",
+  "teacher_embed": "teacher embedding width",
+  "teacher_hidden": "teacher ReLU layer width",
+  "teacher_width": "teacher hidden-state width (fed to the head)",
+  "student_embed": "student embedding width",
+  "student_hidden": "student ReLU layer width",
+  "student_width": "student hidden-state width (fed to the head)",
+  "batch_size": "positions per step",
+  "teacher_steps": "Adam steps of the teacher",
+  "student_steps": "Adam steps of every student",
+  "learning_rate": "Adam's rate, for the teacher and every student",
+  "eval_every": "steps between teacher evaluations and progress lines",
+  "eval_tokens": "held-out positions of the final evaluation",
+  "eval_chunk": "held-out positions evaluated at once",
+  "chunk_size": "vocabulary block of the fused losses",
   "top_k": "comma-separated k of the top-k forms",
   "samples": "comma-separated number of draws S of the sampled forms",
   "tau": "temperature of the tempered (importance-sampled) proposal",
   "budget": "the k and S at which the paper's claims are tested",
+  "ece_bins": "equal-width confidence bins of the calibration error",
+  "grad_tokens": "training positions of the gradient study",
   "grad_draws": "independent draws averaged per sampled form in the gradient study",
+  "grad_directions": "random directions of the gradient z-scores",
   "z_max": "the unbiasedness check: every |z| below this",
 }
 
@@ -223,7 +252,7 @@ class Form(NamedTuple):
 
 
 def forms(config: Config) -> dict[str, Form]:
-  """Every stored form of the study, by name, in the order of the tables and figures."""
+  """Every form of the study (the stored ones, full and labels), by name, in table order."""
   out = {"full": Form("full"), "labels": Form("labels")}
   for tail in TAILS:
     for k in _sizes(config.top_k):
@@ -294,11 +323,26 @@ def _width(config: Config) -> int:
   return max(_sizes(config.top_k) + _sizes(config.samples))
 
 
+@functools.partial(jax.jit, static_argnames=("k", "width"))
+def _teacher_batch(teacher, ctx, *, k, width):
+  """The teacher's logits at one batch and its top-``k`` ids and log-probabilities, padded to
+  ``width`` (every top-k form is a prefix of these: ``lax.top_k`` sorts)."""
+  zt = _distill._hidden(teacher, ctx) @ teacher["head"]
+  return zt, _pad(*store(Form("topk", k), None, zt), width)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _prefix(top, *, k):
+  """The top-``k`` form from the padded top-``K`` one: the slots past ``k`` become padding."""
+  indices, log_probs = top
+  return indices, jnp.where(jnp.arange(log_probs.shape[-1]) < k, log_probs, -jnp.inf)
+
+
 @functools.partial(jax.jit, static_argnames=("form", "width"))
-def _stored_batch(form, key, teacher, ctx, *, width):
-  """The stored teacher at one batch, padded to ``width``, and its listed ids per row."""
-  indices, log_probs = store(form, key, _distill._hidden(teacher, ctx) @ teacher["head"])
-  return (*_pad(indices, log_probs, width), jnp.sum(log_probs > -jnp.inf, axis=-1))
+def _sampled_batch(form, key, zt, *, width):
+  """The sampled form at one batch, padded to ``width``, and its listed ids per row."""
+  indices, log_probs = store(form, key, zt)
+  return _pad(indices, log_probs, width), jnp.sum(log_probs > -jnp.inf, axis=-1)
 
 
 def bytes_per_token(form: Form, vocab_size: int, listed: float | None = None) -> float:
@@ -331,7 +375,9 @@ def _loss(form: Form, head, hs, teacher, ctx, y, stored, chunk):
 
 
 def _student_loss(form, student, teacher, ctx, y, stored, chunk):
-  return _loss(form, student["head"], _distill._hidden(student, ctx), teacher, ctx, y, stored, chunk)
+  return _loss(
+    form, student["head"], _distill._hidden(student, ctx), teacher, ctx, y, stored, chunk
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("form", "opt", "chunk"))
@@ -344,26 +390,43 @@ def _step(form, opt, chunk, carry, teacher, ctx, y, stored):
   return (optax.apply_updates(params, updates), state), loss
 
 
-def _train_student(form, index, params, teacher, train, batches, key, config, progress, label):
-  """Distil ``params`` from the teacher stored as ``form``; returns the parameters, the last
-  batch loss and the mean number of listed ids per position (stored forms)."""
+def _train_students(names, params, teacher, train, batches, key, config, progress, label):
+  """Distil one student per form of ``names``, all from ``params`` and in step with one
+  another, so that each batch's teacher logits and top-k are formed once for all forms.
+
+  Returns, per form, the parameters, the last batch loss and the mean number of listed ids
+  per position (sampled forms)."""
   opt = _distill._optimizer(config.learning_rate)
   params = jax.device_put(params)
-  carry = (params, _distill._opt_init(params, opt=opt))
-  key = jax.random.fold_in(key, index)
-  listed, loss = jnp.zeros((), jnp.float32), None
-  width = _width(config)
-  loss_form = Form(form.kind, tail=form.tail)  # the loss depends on the kind and tail only
+  carries = dict.fromkeys(names, (params, _distill._opt_init(params, opt=opt)))
+  keys = {n: jax.random.fold_in(key, i) for i, n in enumerate(names)}
+  listed = {n: jnp.zeros((), jnp.float32) for n, f in names.items() if f.kind == "sampled"}
+  losses = {}
+  width, k_max = _width(config), max(_sizes(config.top_k))
   for t, pos in enumerate(batches):
     ctx, y = _distill._window(train["stream"], pos, config.context)
-    stored = None
-    if form.stored:
-      *stored, n = _stored_batch(form, jax.random.fold_in(key, t), teacher, ctx, width=width)
-      listed = listed + jnp.mean(n.astype(jnp.float32))
-    carry, loss = _step(loss_form, opt, config.chunk_size, carry, teacher, ctx, y, stored)
+    zt, top = _teacher_batch(teacher, ctx, k=k_max, width=width)
+    for name, form in names.items():
+      stored = None
+      if form.kind == "topk":
+        stored = _prefix(top, k=form.size)
+      elif form.kind == "sampled":
+        stored, n = _sampled_batch(form, jax.random.fold_in(keys[name], t), zt, width=width)
+        listed[name] = listed[name] + jnp.mean(n.astype(jnp.float32))
+      loss_form = Form(form.kind, tail=form.tail)  # the loss depends on the kind and tail only
+      carries[name], losses[name] = _step(
+        loss_form, opt, config.chunk_size, carries[name], teacher, ctx, y, stored
+      )
     if (t + 1) % config.eval_every == 0 or t + 1 == len(batches):
-      progress(f"{label}: step {t + 1}/{len(batches)}  loss {float(loss):.4f}")
-  return carry[0], float(loss), float(listed) / len(batches) if form.stored else None
+      worst = max(names, key=lambda n: float(losses[n]))
+      progress(
+        f"{label}: step {t + 1}/{len(batches)}  loss full {float(losses['full']):.4f}, "
+        f"labels {float(losses['labels']):.4f}, largest {worst} {float(losses[worst]):.4f}"
+      )
+  return {
+    n: (carries[n][0], float(losses[n]), float(listed[n]) / len(batches) if n in listed else None)
+    for n in names
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -499,9 +562,9 @@ def _study(student, teacher, ctx, y, zt, config, key, progress) -> dict:
   grads = {"labels": _distance(g, np.asarray(full, np.float64), norm)}
   u = jax.random.normal(jax.random.fold_in(key, 0), (config.grad_directions, *full.shape))
   directions = jnp.concatenate([(full / norm)[None], u.astype(full.dtype)], axis=0)
-  directions = directions / jnp.linalg.norm(directions.reshape(len(directions), -1), axis=-1)[
-    :, None, None
-  ]
+  directions = (
+    directions / jnp.linalg.norm(directions.reshape(len(directions), -1), axis=-1)[:, None, None]
+  )
   log_q = jax.nn.log_softmax(hs @ head)
   full_kl = np.asarray(jaxdiv.kl_divergence(p_logits=zt, q_logits=hs @ head), np.float64)
   r = config.grad_draws
@@ -608,7 +671,9 @@ def run(config: Config, progress=None) -> dict:
   children = rng.spawn(config.num_seeds)
 
   def evaluate(student, teacher):
-    sums = _evaluate(student, teacher, eval_ctx, eval_y, rows=config.eval_chunk, bins=config.ece_bins)
+    sums = _evaluate(
+      student, teacher, eval_ctx, eval_y, rows=config.eval_chunk, bins=config.ece_bins
+    )
     return _metrics(sums, config.eval_tokens)
 
   def teacher_eval(p):
@@ -631,11 +696,9 @@ def run(config: Config, progress=None) -> dict:
     )
     batches = _distill._batches(child, train["targets"], config.student_steps, config.batch_size)
     key = jax.random.key(int(child.integers(2**31)))
-    for i, (name, form) in enumerate(names.items()):
-      label = f"seed {r + 1}/{config.num_seeds} {name}"
-      params, loss, n = _train_student(
-        form, i, s_init, teacher, train, batches, key, config, progress, label
-      )
+    label = f"seed {r + 1}/{config.num_seeds}"
+    trained = _train_students(names, s_init, teacher, train, batches, key, config, progress, label)
+    for name, (params, loss, n) in trained.items():
       metrics, bins = evaluate(params, teacher)
       for m in METRICS:
         per_seed[name][m].append(metrics[m])
@@ -647,8 +710,9 @@ def run(config: Config, progress=None) -> dict:
         if name == "labels":
           fixed = params
       progress(
-        f"{label}: held-out CE {metrics['heldout_ce']:.4f}  KL(t||s) {metrics['forward_kl']:.4f}"
-        f"  top-1 {metrics['top1_agreement']:.3f}  ECE {metrics['ece']:.4f}"
+        f"{label} {name}: held-out CE {metrics['heldout_ce']:.4f}  "
+        f"KL(t||s) {metrics['forward_kl']:.4f}  top-1 {metrics['top1_agreement']:.3f}  "
+        f"ECE {metrics['ece']:.4f}"
       )
 
   students = {}
@@ -666,9 +730,7 @@ def run(config: Config, progress=None) -> dict:
     students[name] = rec
 
   zt = _distill._hidden(teacher, grad_ctx) @ teacher["head"]
-  gradient, stored, bf16 = _study(
-    fixed, teacher, grad_ctx, grad_y, zt, config, study_key, progress
-  )
+  gradient, stored, bf16 = _study(fixed, teacher, grad_ctx, grad_y, zt, config, study_key, progress)
   gradient["fixed_student"] = "labels (first seed, trained)"
   gradient["tokens"] = config.grad_tokens
   gradient["draws"] = config.grad_draws
@@ -725,7 +787,9 @@ def _checks(results, stored, config) -> dict:
         "(1e-5), and renormalize is residual + log q(listed) (1e-4)"
       ),
       **t,
-      "passed": t["max_residual_truncate_diff"] < 1e-5 and t["max_renormalize_identity_error"] < 1e-4,
+      "passed": bool(
+        t["max_residual_truncate_diff"] < 1e-5 and t["max_renormalize_identity_error"] < 1e-4
+      ),
     },
     "residual_bounded_by_full_kl": {
       "statement": "top-k with the residual tail: 0 <= KL <= full KL per row (1e-5 relative)",
@@ -733,7 +797,7 @@ def _checks(results, stored, config) -> dict:
       "passed": b["max_excess_over_full_kl"] < 1e-5 and b["min_residual"] > -1e-6,
     },
     "fused_equals_core": {
-      "statement": "linear_kl_divergence with a stored teacher = kl_divergence on the logits (1e-4)",
+      "statement": "fused linear_kl_divergence of a stored teacher = core kl_divergence (1e-4)",
       "max_abs_diff": stored["fused_core"],
       "passed": stored["fused_core"] < 1e-4,
     },
@@ -760,7 +824,9 @@ def _claims(results, config) -> dict:
     for kk in _sizes(config.top_k)
   }
   sampled_at = {f"sampled{ss}": g[f"sampled{ss}"]["distance"] for ss in _sizes(config.samples)}
-  nearest = {kk: min(_sizes(config.samples), key=lambda ss: abs(ss - kk)) for kk in _sizes(config.top_k)}
+  nearest = {
+    kk: min(_sizes(config.samples), key=lambda ss: abs(ss - kk)) for kk in _sizes(config.top_k)
+  }
   worse = {
     name: dist > g[f"sampled{nearest[int(name[3:].split('_')[0])]}"]["distance"]
     for name, dist in biased.items()
@@ -866,6 +932,33 @@ def _style(group):
   return "D-" if group == "sampled" else "v-."
 
 
+def _colors(plt, groups) -> dict:
+  """One colour per family, the same in every figure."""
+  cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  return {g: cycle[i % len(cycle)] for i, g in enumerate(groups)}
+
+
+def _clip_renormalize(ax, s, groups, metric) -> None:
+  """Limit the axis to the other forms when the renormalize tail is far off their scale,
+  and say where its points are."""
+  others = [
+    (s[n][metric]["mean"], s[n][metric]["std"])
+    for g, items in groups.items()
+    if g != "top-k, renormalize"
+    for _, n in items
+  ] + [(s[n][metric]["mean"], s[n][metric]["std"]) for n in ("full", "labels")]
+  renorm = [s[n][metric]["mean"] for _, n in groups.get("top-k, renormalize", [])]
+  lo, hi = min(m - e for m, e in others), max(m + e for m, e in others)
+  if not renorm or max(renorm) <= hi + (hi - lo):
+    return
+  pad = 0.05 * (hi - lo)
+  ax.set_ylim(lo - pad, hi + pad)
+  ax.text(
+    0.02, 0.98, f"top-k, renormalize: up to {max(renorm):.2f}, off the scale",
+    transform=ax.transAxes, ha="left", va="top", fontsize=7,
+  )  # fmt: skip
+
+
 def plot(results: dict, out_dir) -> list:
   """The trade-off, bias and reliability figures, drawn from ``results`` alone."""
   from experiments import plotting
@@ -874,6 +967,7 @@ def plot(results: dict, out_dir) -> list:
   paths = []
   s, cfg = results["students"], results["config"]
   groups = _groups(results)
+  colors = _colors(plt, groups)
 
   panels = (
     ("heldout_ce", "held-out cross-entropy (nats/token)"),
@@ -887,7 +981,9 @@ def plot(results: dict, out_dir) -> list:
       x = [s[n]["bytes_per_token"] for _, n in items]
       y = [s[n][metric]["mean"] for _, n in items]
       e = [s[n][metric]["std"] for _, n in items]
-      ax.errorbar(x, y, yerr=e, fmt=_style(group), ms=4, capsize=2, label=group)
+      ax.errorbar(
+        x, y, yerr=e, fmt=_style(group), color=colors[group], ms=4, capsize=2, label=group
+      )
     for name, marker, color in (("full", "*", "k"), ("labels", "X", "0.4")):
       rec = s[name]
       ax.errorbar(
@@ -895,6 +991,8 @@ def plot(results: dict, out_dir) -> list:
         color=color, ms=10, capsize=2, label="full logits" if name == "full" else "labels only",
       )  # fmt: skip
       ax.axhline(rec[metric]["mean"], color=color, ls=":", lw=0.8)
+    if metric in ("heldout_ce", "forward_kl"):
+      _clip_renormalize(ax, s, groups, metric)
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per token")
     ax.set_ylabel(ylabel)
@@ -909,7 +1007,8 @@ def plot(results: dict, out_dir) -> list:
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.0, 4.5), layout="constrained")
   for group, items in groups.items():
     sizes = [k for k, _ in items]
-    ax1.plot(sizes, [g["forms"][n]["distance"] for _, n in items], _style(group), ms=4, label=group)
+    dist = [g["forms"][n]["distance"] for _, n in items]
+    ax1.plot(sizes, dist, _style(group), color=colors[group], ms=4, label=group)
   samp = groups["sampled"]
   sizes = [k for k, _ in samp]
   ax1.plot(sizes, [g["forms"][n]["noise_floor"] for _, n in samp], color="0.5", lw=1,
@@ -924,13 +1023,15 @@ def plot(results: dict, out_dir) -> list:
   ax1.set_xlabel("k (top-k) or S (draws)")
   ax1.set_ylabel("|g - g_full| / |g_full| (sampled: mean of the draws)")
   ax1.set_title(f"head gradient at a fixed student, {g['tokens']} positions")
-  ax1.legend(fontsize=7)
+  ax1.legend(fontsize=7, loc="lower left")
   zmax = cfg["z_max"]
   for off, (group, items) in zip((-0.06, 0.06), list(groups.items())[-2:], strict=True):
     for k, n in items:
-      z = g["forms"][n]["z"]
-      ax2.scatter(np.full(len(z), k) * 2**off, np.abs(z), s=10, marker=_style(group)[0])
-    ax2.scatter([], [], marker=_style(group)[0], label=group)
+      z = np.abs(g["forms"][n]["z"])
+      ax2.scatter(
+        np.full(len(z), k * 2**off), z, s=12, marker=_style(group)[0], color=colors[group]
+      )
+    ax2.scatter([], [], marker=_style(group)[0], color=colors[group], label=group)
   ax2.axhline(zmax, color="k", ls=":", lw=1, label=f"|z| = {zmax:g} (the check)")
   ax2.set_xscale("log", base=2)
   ax2.set_yscale("log")
@@ -945,8 +1046,11 @@ def plot(results: dict, out_dir) -> list:
     ("full", "full logits"), ("labels", "labels only"), (f"sampled{k}", f"sampled, S = {k}"),
     *((f"top{k}_{t}", f"top-{k}, {t}") for t in TAILS),
   ]  # fmt: skip
-  fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.4), layout="constrained")
-  for ax, (name, title) in zip(axes, shown, strict=True):
+  cols = (len(shown) + 1) // 2
+  fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 6.4), layout="constrained")
+  for ax in axes.flat[len(shown) :]:
+    ax.set_visible(False)
+  for ax, (name, title) in zip(axes.flat, shown, strict=False):
     b = s[name]["reliability"]
     count = np.asarray(b["count"])
     keep = count > 0
@@ -959,7 +1063,8 @@ def plot(results: dict, out_dir) -> list:
     ax.set_xlabel("confidence")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-  axes[0].set_ylabel("accuracy on the next token")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("accuracy on the next token")
   fig.suptitle("Reliability on held-out positions (first seed)")
   paths += plotting.save(fig, out_dir, f"{NAME}_reliability")
   return paths
@@ -974,10 +1079,9 @@ def report(results) -> str:
     "| student | bytes/token | held-out CE | KL(t||s) | top-1 agreement | ECE |",
     "|---|---|---|---|---|---|",
   ]
+  shown = ("heldout_ce", "forward_kl", "top1_agreement", "ece")
   for name, s in results["students"].items():
-    cells = " | ".join(
-      f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in ("heldout_ce", "forward_kl", "top1_agreement", "ece")
-    )
+    cells = " | ".join(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in shown)
     lines.append(f"| {name} | {s['bytes_per_token']:.0f} | {cells} |")
   lines += ["", "| form | gradient distance | standard error | max abs z |", "|---|---|---|---|"]
   for name, g in results["gradient"]["forms"].items():

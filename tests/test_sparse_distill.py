@@ -1,6 +1,7 @@
 """The stored-teacher distillation experiment: its sampled-token storage, and ``main`` in its
 quick configuration into a temporary folder."""
 
+import dataclasses
 import json
 
 import jax
@@ -59,7 +60,8 @@ def test_tempered_weights_are_self_normalised():
   assert np.all(np.abs(mean - q) < 4.5 * np.sqrt(q * (1 - q) / ROWS))
   idx, lp = _stored(8, temperature=2.0, seed=2)
   np.testing.assert_allclose(np.sum(np.exp(lp), axis=-1), 1.0, atol=1e-5)
-  student = jnp.zeros((ROWS, len(LOGITS)), jnp.float32)
+  idx, lp = idx[:8], lp[:8]
+  student = jnp.zeros((8, len(LOGITS)), jnp.float32)
   kw = {"p_indices": idx, "p_log_probs": jnp.asarray(lp, jnp.float32), "q_logits": student}
   residual = jaxdiv.kl_divergence(tail="residual", **kw)
   truncate = jaxdiv.kl_divergence(tail="truncate", **kw)
@@ -159,6 +161,10 @@ def test_sparse_distill_figures_from_the_json_alone(quick_run, tmp_path):
   for name in FIGURES:
     for ext in ("png", "pdf"):
       assert (tmp_path / f"{name}.{ext}").stat().st_size > 1000, name
+
+
+def test_every_flag_has_a_description():
+  assert set(sd.HELP) == {f.name for f in dataclasses.fields(sd.Config)}
 
 
 @pytest.mark.parametrize(
