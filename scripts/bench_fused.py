@@ -149,8 +149,17 @@ def _rel(got, want) -> float:
   return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300))
 
 
-def _time_alternately(programs: dict, args, rounds: int) -> dict:
-  """Per program: the median time, and the median over rounds of its ratio to 'naive'."""
+# A naive step whose temporaries exceed this share of the machine's memory is not run.
+_MEMORY_SHARE = 0.6
+
+
+def _physical_memory() -> int:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _time_alternately(programs: dict, args, rounds: int, reference="naive") -> dict:
+  """Per program: the median time, and the median over rounds of its ratio to the
+  ``reference`` program (``None``: no ratio)."""
   times = {k: [] for k in programs}
   for _ in range(rounds):
     for k, c in programs.items():
@@ -159,8 +168,10 @@ def _time_alternately(programs: dict, args, rounds: int) -> dict:
       times[k].append(time.perf_counter() - start)
   out = {}
   for k, ts in times.items():
-    ratios = [t / n for t, n in zip(ts, times["naive"], strict=True)]
-    out[k] = {"seconds": statistics.median(ts), "ratio": statistics.median(ratios), "runs": ts}
+    ratio = None
+    if reference is not None:
+      ratio = statistics.median(t / n for t, n in zip(ts, times[reference], strict=True))
+    out[k] = {"seconds": statistics.median(ts), "ratio": ratio, "runs": ts}
   return out
 
 
@@ -178,6 +189,25 @@ def bench_case(shape_name, shape, loss, teacher, config, progress=None) -> dict:
     compiled[k] = _compile(f, h, w, arrays)
     temp = int(compiled[k].memory_analysis().temp_size_in_bytes)
     out[k] = {"temp_bytes": temp, "temp_bytes_less_weight_gradient": temp - d * v * 4}
+  if out["naive"]["temp_bytes"] > _MEMORY_SHARE * _physical_memory():
+    # the naive step does not fit this machine: its temporaries are the result
+    out["naive"]["fits"] = False
+    timing = _time_alternately(
+      {k: compiled[k] for k in ("fused_sum", "fused_per_token")},
+      (h, w, arrays),
+      _rounds(config, shape_name),
+      reference=None,
+    )
+    for k, t in timing.items():
+      out[k].update(t)
+    progress(
+      f"{shape_name} {loss}/{teacher}: the naive step needs "
+      f"{out['naive']['temp_bytes'] / 2**30:.1f} GiB of temporaries and is not run; fused "
+      f"sum {out['fused_sum']['seconds']:.1f} s, per token {out['fused_per_token']['seconds']:.1f} "
+      f"s; temporaries {out['fused_sum']['temp_bytes'] / 2**20:.0f} MiB"
+    )
+    return out
+  out["naive"]["fits"] = True
   values = {k: jax.block_until_ready(c(h, w, arrays)) for k, c in compiled.items()}
   for k in ("fused_sum", "fused_per_token"):
     (lf, gf), (ln, gn) = values[k], values["naive"]
@@ -307,6 +337,13 @@ def table(results: dict) -> str:
     ]
     for case, c in r["cases"].items():
       fs, ft, nv = c["fused_sum"], c["fused_per_token"], c["naive"]
+      if not nv.get("fits", True):
+        lines.append(
+          f"| {case} | {fs['seconds']:.1f} s | {ft['seconds']:.1f} s | does not fit | "
+          f"{fs['temp_bytes'] / 2**20:.1f} / {nv['temp_bytes'] / 2**20:.1f} | "
+          f"{fs['temp_bytes_less_weight_gradient'] / 2**20:.1f} | |"
+        )
+        continue
       lines.append(
         f"| {case} | {fs['ratio']:.2f} | {ft['ratio']:.2f} | {nv['seconds'] * 1e3:.1f} | "
         f"{fs['temp_bytes'] / 2**20:.1f} / {nv['temp_bytes'] / 2**20:.1f} | "
