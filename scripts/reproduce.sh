@@ -7,7 +7,7 @@ export MPLBACKEND=Agg
 RESULTS="$ROOT/docs/results"
 FIGURES="$ROOT/docs/figures"
 mkdir -p "$RESULTS" "$FIGURES"
-EXPERIMENTS=(blog_example ce_vs_kl forward_vs_reverse kl_estimators kl_penalty distill)
+EXPERIMENTS=(blog_example ce_vs_kl forward_vs_reverse kl_estimators kl_penalty distill sparse_distill)
 for exp in "${EXPERIMENTS[@]}"; do
   echo "== experiments.$exp"
   start=$(date +%s)
