@@ -425,17 +425,16 @@ def aggregate_tokens(
   With :math:`m_{it}` the mask (the tokens that count) and :math:`v_{it}` the values, the
   modes are named as verl's ``loss_agg_mode`` names them:
 
-  ========================== ======================================================================
-  mode                       value
-  ========================== ======================================================================
-  ``"token-mean"``           :math:`\sum_{it} m v / \sum_{it} m` (every token weighs the same)
-  ``"token-sum"``            :math:`\sum_{it} m v`
-  ``"seq-mean-token-sum"``   the mean over sequences of :math:`\sum_t m v`
-  ``"seq-mean-token-mean"``  the mean over sequences of :math:`\sum_t m v / \sum_t m`
-  ``"seq-mean-token-sum-norm"`` the mean over sequences of :math:`\sum_t m v`, divided by
-                             ``normalizer`` (Dr. GRPO's fixed divisor; default ``T``, the padded
-                             length)
-  ========================== ======================================================================
+  =============================== =================================================================
+  mode                            value
+  =============================== =================================================================
+  ``"token-mean"``                :math:`\sum_{it} m v / \sum_{it} m` (every token weighs the same)
+  ``"token-sum"``                 :math:`\sum_{it} m v`
+  ``"seq-mean-token-sum"``        the mean over sequences of :math:`\sum_t m v`
+  ``"seq-mean-token-mean"``       the mean over sequences of :math:`\sum_t m v / \sum_t m`
+  ``"seq-mean-token-sum-norm"``   the mean over sequences of :math:`\sum_t m v`, divided by
+                                  ``normalizer`` (Dr. GRPO's fixed divisor; default ``T``)
+  =============================== =================================================================
 
   How strongly a long answer is penalised depends on the mode: ``"seq-mean-token-mean"``
   (GRPO's, TRL's ``loss_type="grpo"``) gives every sequence the same total weight, so each

@@ -59,31 +59,6 @@ def _chunk(fn: str, name: str, size) -> int | None:
   return size
 
 
-def _scalar(fn: str, name: str, value, *, low=None, high=None, positive=False, what=""):
-  """A scalar option, checked where it is concrete; ``(value, concrete float or None)``."""
-  if isinstance(value, jax.core.Tracer):
-    if jnp.ndim(value) != 0:
-      raise ValueError(f"{fn}: `{name}` must be a scalar, got shape {jnp.shape(value)}.")
-    return value, None
-  v = np.asarray(value)
-  if v.ndim != 0:
-    raise ValueError(f"{fn}: `{name}` must be a scalar{what}; got an array of shape {v.shape}.")
-  if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
-    raise TypeError(f"{fn}: `{name}` must be a real number, got {value!r}.")
-  x = float(v)
-  bad = not np.isfinite(x) or (positive and not x > 0)
-  bad = bad or (low is not None and x < low) or (high is not None and x > high)
-  if bad:
-    if positive:
-      rule = "a positive finite number"
-    elif high is None:
-      rule = f"a finite number >= {low}"
-    else:
-      rule = f"in [{low}, {high}]"
-    raise ValueError(f"{fn}: `{name}` must be {rule}, got {value!r}.")
-  return value, x
-
-
 def _reduction(fn: str, reduction) -> str | None:
   if reduction not in REDUCTIONS:
     raise ValueError(
@@ -214,14 +189,13 @@ def _masks(fn: str, where, batch: tuple, num_v: int) -> dict:
 
 def _head(fn, temperature, soft_cap, arrays: dict, prefix="") -> tuple:
   """Put the temperature and soft cap into ``arrays``; the names a term's head reads."""
+  head = _inputs.head_options(fn, temperature, soft_cap)  # the core functions' check
   names = [None, None]
-  if soft_cap is not None:
-    c, _ = _scalar(fn, "soft_cap", soft_cap, positive=True)
-    arrays[prefix + "soft_cap"] = jnp.asarray(c)
+  if head.soft_cap is not None:
+    arrays[prefix + "soft_cap"] = jnp.asarray(head.soft_cap)
     names[0] = prefix + "soft_cap"
-  t, tv = _scalar(fn, "temperature", temperature, positive=True)
-  if tv != 1.0:  # a concrete T = 1 divides nothing
-    arrays[prefix + "temperature"] = jnp.asarray(t)
+  if head.temperature is not None:  # a concrete T = 1 divides nothing
+    arrays[prefix + "temperature"] = jnp.asarray(head.temperature)
     names[1] = prefix + "temperature"
   return tuple(names)
 
@@ -229,11 +203,11 @@ def _head(fn, temperature, soft_cap, arrays: dict, prefix="") -> tuple:
 def _ce_options(fn, z_loss, label_smoothing, arrays: dict) -> tuple:
   """Put the z-loss and smoothing into ``arrays``; the cross-entropy term's flags."""
   flags = []
-  zl, zlv = _scalar(fn, "z_loss", z_loss, low=0.0)
+  zl, zlv = _inputs.scalar_option(fn, "z_loss", z_loss, low=0.0)
   if zlv != 0.0:
     arrays["z_loss"] = jnp.asarray(zl)
     flags.append(("z_loss", True))
-  eps, epsv = _scalar(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+  eps, epsv = _inputs.scalar_option(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
   if epsv != 0.0:
     arrays["smoothing"] = jnp.asarray(eps)
     flags.append(("smoothing", True))
@@ -256,7 +230,7 @@ def _mix_weight(fn, name, value, what):
   """A mixture weight in the closed interval [0, 1]."""
   if value is None:
     raise ValueError(f"{fn}: `{name}` is required ({what}).")
-  value, _ = _scalar(fn, name, value, low=0.0, high=1.0, what=f" ({what})")
+  value, _ = _inputs.scalar_option(fn, name, value, low=0.0, high=1.0, what=f" ({what})")
   return jnp.asarray(value)
 
 

@@ -228,12 +228,13 @@ _SHARDED_DOC = r"""{summary}
   the data axis (the usual data-parallel reduction). Reverse mode only (no ``jax.jvp``,
   ``jax.jacfwd`` or ``jax.hessian``: use the core functions on gathered logits for those).
 
+  The other arguments are as in :func:`jaxdiv.{base}`.
+
   Args:
     mesh: the :class:`jax.sharding.Mesh`.
     axis_name: the mesh axis that shards the vocabulary; ``V`` must be divisible by its size.
     data_axis_name: an optional mesh axis (not ``axis_name``) that shards the tokens, whose
       number must be divisible by its size; ``None``: tokens replicated.
-    All other arguments: as in :func:`jaxdiv.{base}`.
 
   Returns:
     As :func:`jaxdiv.{base}`; per-token results are sharded over ``data_axis_name``.
@@ -260,7 +261,7 @@ def vocabulary_parallel(base, summary: str, example: str):
   first_kw = next(i for i, p in enumerate(params) if p.kind == p.KEYWORD_ONLY)
   kw = inspect.Parameter.KEYWORD_ONLY
   mesh_params = [
-    inspect.Parameter("mesh", kw, annotation=Mesh),
+    inspect.Parameter("mesh", kw, annotation="jax.sharding.Mesh"),
     inspect.Parameter("axis_name", kw, annotation=str),
     inspect.Parameter("data_axis_name", kw, default=None, annotation="str | None"),
   ]

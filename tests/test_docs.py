@@ -59,7 +59,7 @@ def test_every_argument_of_a_public_function_is_documented():
     doc = inspect.getdoc(obj) or ""
     if "{" + "stored" in doc or "{" + "head_args}" in doc:
       raise AssertionError(f"{name}: an unfilled docstring fragment")
-    by_reference = re.search(r"(Arguments|arguments|Inputs)[^.]* as in :func:", doc)
+    by_reference = re.search(r"(Arguments|arguments|Inputs)[^.]* (are )?as in :func:", doc)
     missing = set(inspect.signature(obj).parameters) - _documented_arguments(doc)
     assert by_reference or not missing, f"{name} does not document {sorted(missing)}"
 
