@@ -117,7 +117,7 @@ class Config:
   eval_every: int = 100  # teacher evaluations and student progress lines
   eval_tokens: int = 8192  # held-out positions of the final evaluation
   eval_chunk: int = 1024
-  chunk_size: int = 2048  # vocabulary block of the fused losses
+  chunk_size: int | None = None  # vocabulary block of the fused losses (None: the default)
   top_k: str = "1,4,16,64"  # the k of the top-k forms (comma-separated)
   samples: str = "1,4,16,64"  # the draws S of the sampled and tempered forms
   tau: float = 2.0  # temperature of the tempered proposal
@@ -136,7 +136,7 @@ class Config:
       "chunk_size", "budget", "ece_bins", "grad_tokens", "grad_directions",
     )  # fmt: skip
     for name in positive:
-      if getattr(self, name) < 1:
+      if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.heldout_every < 2:
       raise ValueError(f"heldout_every must be >= 2, got {self.heldout_every}")

@@ -182,7 +182,8 @@ def main(argv=None) -> int:
             cats["rows x D"] += size / n
           elif any(s in (v, vk) for s in shape) and (n in shape or rows in shape):
             cats["rows x V"] += size / n
-          elif n in shape:
+          elif n in shape or (len(shape) == 1 and shape[0] % n == 0):
+            # per-row statistics, several of them flattened into one all-reduce
             cats["rows"] += size / n
           # scalars (the sum over rows of a test loss) are left out
       order = ("rows", "rows x D", "rows x V", "D x V/k", "D x V")

@@ -95,6 +95,26 @@ SCRIPT = textwrap.dedent(
 
     hlo = jax.jit(jax.value_and_grad(loss)).lower(z32).compile().as_text()
     assert "all-gather" not in hlo and "all-reduce" in hlo
+    # on a data x vocabulary mesh with data_axis_name: nothing gathered over either axis,
+    # the result sharded like the rows, and equal to the core function
+    sh2 = NamedSharding(mesh2, P("data", "vocab"))
+    z2 = jax.device_put(jnp.asarray(rng.normal(size=(8, 64)), jnp.float32), sh2)
+    lab2 = jax.device_put(lab32, NamedSharding(mesh2, P("data")))
+
+    def per_row(b, y):
+      ce = sharded_cross_entropy(labels=y, q_logits=b, **kw2)
+      return ce + sharded_kl_divergence(p_logits=2 * b, q_logits=b, **kw2)
+
+    compiled = jax.jit(per_row).lower(z2, lab2).compile()
+    for op in ("all-gather", "all-to-all", "collective-permute"):
+      assert op not in compiled.as_text(), op
+    got = compiled(z2, lab2)
+    assert got.sharding.is_equivalent_to(NamedSharding(mesh2, P("data")), 1), got.sharding
+    want = jaxdiv.cross_entropy(labels=lab32, q_logits=z2) + jaxdiv.kl_divergence(
+      p_logits=2 * z2, q_logits=z2)
+    close(got, want, 1e-5)
+    g = jax.jit(jax.grad(lambda b: per_row(b, lab2).sum())).lower(z2).compile()
+    assert "all-gather" not in g.as_text()
 
   # -- fused: N rows, hidden widths D (p) and Dq (q), V = 24 (6 columns per device with
   # the vocabulary mesh, 12 with the data x vocabulary mesh); chunk 4 and token chunk 3
@@ -256,10 +276,11 @@ SCRIPT = textwrap.dedent(
       if m:
         dims = re.findall(r"\\[([\\d,]*)\\]", m.group(1))
         shapes |= {tuple(int(d) for d in s.split(",") if d) for s in dims}
-    # row statistics [k, token chunk], the hidden-state gradient [rows, D] (summed over
-    # the vocabulary), the weight gradient [D, V/2] (summed over the data axis), scalars
-    allowed = {(n2, 32), (32, 1024), ()} | {(k, tc) for k in range(1, 9)}
-    assert shapes <= allowed and shapes & {(k, tc) for k in range(1, 9)}, shapes
+    # per-row statistics of a block of token-chunk rows (several of them in one flat
+    # all-reduce), the hidden-state gradient [rows, D] (summed over the vocabulary), the
+    # weight gradient [D, V/2] (summed over the data axis), scalars
+    stats = {s for s in shapes if len(s) == 1 and s[0] % tc == 0 and s[0] <= 16 * tc}
+    assert shapes - stats <= {(n2, 32), (32, 1024), ()} and stats, shapes
     t1, t2 = c1.memory_analysis().temp_size_in_bytes, c2.memory_analysis().temp_size_in_bytes
     print("memory", n1, t1, n2, t2, flush=True)
     logits = n2 * 1024 * 4  # one float32 logits array of this device's rows and columns
@@ -267,6 +288,51 @@ SCRIPT = textwrap.dedent(
     # Growth with the rows: per-row statistics and [rows, D] hidden-state gradients only;
     # a [rows, V / 2] temporary would add 4096 bytes per row.
     assert (t2 - t1) / (n2 - n1) <= 1024, (t1, t2)
+
+  @section("a stored teacher, reductions and the distillation loss equal one device")
+  def _():
+    # global indices (each vocabulary shard uses the categories it holds), every tail
+    zt = jnp.asarray(rng.normal(size=(N, V)) * 2)
+    lp_all = jax.nn.log_softmax(zt)
+    lp_k, idx = jax.lax.top_k(lp_all, 5)
+    lp_k = lp_k.at[0, -1].set(-jnp.inf)  # a padding slot
+    cases = []
+    for tail in ("residual", "renormalize", "truncate"):
+      st = dict(p_indices=idx, p_log_probs=lp_k, tail=tail)
+      cases.append((lambda a, b, st=st: sharded_linear_kl_divergence(
+                      q_hidden=a, q_weight=b, **st, **kw2, **ch),
+                    lambda a, b, st=st: jaxdiv.linear_kl_divergence(q_hidden=a, q_weight=b, **st),
+                    (hq, wq), mesh2, [("data", None), (None, "vocab")]))
+    rev = dict(q_indices=idx, q_log_probs=lp_k)
+    cases.append((lambda a, b: sharded_linear_jensen_shannon_divergence(
+                    p_hidden=a, p_weight=b, **rev, weight=0.3, **kw, **ch),
+                  lambda a, b: jaxdiv.linear_jensen_shannon_divergence(
+                    p_hidden=a, p_weight=b, **rev, weight=0.3),
+                  (hq, wq), mesh, None))
+    for red in ("sum", "mean"):
+      cases.append((lambda a, b, red=red: sharded_linear_cross_entropy(
+                      a, b, lab, reduction=red, **kw2, **ch),
+                    lambda a, b, red=red: jaxdiv.linear_cross_entropy(a, b, lab, reduction=red),
+                    (h, w), mesh2, None))
+      cases.append((lambda a, b, red=red: jaxdiv.sharded_linear_skew_kl_divergence(
+                      a, b, hq, wq, alpha=0.2, reduction=red, **kw2, **ch),
+                    lambda a, b, red=red: jaxdiv.linear_skew_kl_divergence(
+                      a, b, hq, wq, alpha=0.2, reduction=red),
+                    (h, w), mesh2, None))
+    lab_d = jnp.abs(lab) % V
+    cases.append((lambda a, b: jaxdiv.sharded_linear_distillation_loss(
+                    a, b, lab_d, teacher_indices=idx, teacher_log_probs=lp_k, divergence="gkd",
+                    beta=0.4, hard_weight=0.5, temperature=1.5, reduction="mean", **kw2, **ch),
+                  lambda a, b: jaxdiv.linear_distillation_loss(
+                    a, b, lab_d, teacher_indices=idx, teacher_log_probs=lp_k, divergence="gkd",
+                    beta=0.4, hard_weight=0.5, temperature=1.5, reduction="mean"),
+                  (hq, wq), mesh2, None))
+    cases.append((lambda a, b: jaxdiv.sharded_linear_total_variation_distance(
+                    q_hidden=a, q_weight=b, p_logits=zt, where=wh, **kw, **ch),
+                  lambda a, b: jaxdiv.linear_total_variation_distance(
+                    q_hidden=a, q_weight=b, p_logits=zt, where=wh),
+                  (hq, wq), mesh, None))
+    check(cases, tol=1e-10)
 
   @section("fused losses reject a mesh that does not fit")
   def _():
@@ -300,6 +366,7 @@ SECTIONS = (
   "fused kl and jsd equal the single-device fused losses and the options' oracle",
   "fused losses are exact at a large logit offset",
   "compiled fused losses exchange only per-row statistics",
+  "a stored teacher, reductions and the distillation loss equal one device",
   "fused losses reject a mesh that does not fit",
   "fused losses under an Explicit mesh",
 )
@@ -357,5 +424,6 @@ def test_forward_mode_names_what_to_use_instead():
     return jaxdiv.sharded_linear_cross_entropy(h, w, labels, mesh=mesh, axis_name="vocab").sum()
 
   for transform in (lambda: jax.jvp(f, (w,), (w,)), lambda: jax.hessian(f)(w)):
-    with pytest.raises(TypeError, match="reverse-mode .* jaxdiv.sharded_cross_entropy"):
+    # the sharded functions on logits are reverse-mode too: the core function is the way
+    with pytest.raises(TypeError, match=r"reverse-mode .* jaxdiv\.cross_entropy\(labels="):
       transform()
