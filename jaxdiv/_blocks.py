@@ -327,7 +327,7 @@ def log_norm(s: Lse) -> Array:
   return jnp.log1p(s.t)
 
 
-def _shift(s: Lse):
+def row_shift(s: Lse):
   """``(m, log1p t)`` for one pass, finite (an empty row's are 0: its logits stay -inf)."""
   return fresh(finite_or_zero(s.m), finite_or_zero(log_norm(s)))
 
@@ -335,14 +335,14 @@ def _shift(s: Lse):
 def log_probs(z: Array, s: Lse) -> Array:
   """``log softmax(z)`` of a block from the row's :class:`Lse`, clamped (:func:`clamp`):
   ``(z - m) - log1p(t)``, formed from shifted quantities."""
-  m, ln = _shift(s)
+  m, ln = row_shift(s)
   return clamp((z - m[:, None]) - ln[:, None])
 
 
 def softmax(z: Array, s: Lse) -> Array:
   """``softmax(z)`` of a block from the row's :class:`Lse` (0 at ``-inf``): ``exp((z - m) -
   log1p t)``, not ``z - (m + log1p t)``, which would round at the logits' offset."""
-  m, ln = _shift(s)
+  m, ln = row_shift(s)
   return jnp.exp((z - m[:, None]) - ln[:, None])
 
 

@@ -579,10 +579,13 @@ class Sparse:
     kept = jnp.zeros_like(listed)
     if cx.masked:
       kept = B.pick(jnp.broadcast_to(cx.keep, z.shape).astype(z.dtype), local)
-    rest = B.lse_empty(z.shape[0], z.dtype)
-    if cx.flag("tail") == "residual":
-      rest = cx.lse(cx.side, bias=Sparse._unlisted(z, local))
-    return SparseStats(cx.lse(cx.side), listed, kept, rest)
+    if cx.flag("tail") != "residual":
+      return SparseStats(cx.lse(cx.side), listed, kept, B.lse_empty(z.shape[0], z.dtype))
+    # the whole row's normaliser merges the unlisted categories' with the k listed ones':
+    # one pass over the block instead of two
+    rest = cx.lse(cx.side, bias=Sparse._unlisted(z, local))
+    whole = B.merge(_q_reduce, _QStats(B.lse_block(listed)), _QStats(rest)).q
+    return SparseStats(whole, listed, kept, rest)
 
   @staticmethod
   def _unlisted(z, local):
@@ -647,12 +650,27 @@ class Sparse:
     z = cx.z(dense)
     local = Sparse._local(cx)
     total = jnp.sum(g_listed, axis=-1) + g_rest
-    dz = -B.softmax(z, s.lse) * total[:, None]
-    if cx.flag("tail") == "residual":  # q_v / q_rest on the unlisted categories
-      dz = dz + B.softmax(z + Sparse._unlisted(z, local), s.rest) * g_rest[:, None]
+    if cx.flag("tail") == "residual":
+      dz = Sparse._residual_dz(z, local, s, total, g_rest)
+    else:
+      dz = -B.softmax(z, s.lse) * total[:, None]
     rows = jnp.arange(z.shape[0])[:, None]
     cols = jnp.where((local >= 0) & (local < z.shape[1]), local, z.shape[1])
     return {dense: dz.at[rows, cols].add(g_listed, mode="drop")}
+
+  @staticmethod
+  def _residual_dz(z, local, s, total, g_rest):
+    """``-q_v total + (q_v / q_rest) g_rest [v unlisted]`` with one exponential per cell:
+    ``r_v = e^{z_v - lse_rest}`` on the unlisted categories (so ``q_v = q_rest r_v``, with
+    ``q_rest <= 1``), ``q_v`` itself on the listed ones."""
+    listed = Sparse._unlisted(z, local) == -jnp.inf
+    (m, ln), (mr, lnr) = B.row_shift(s.lse), B.row_shift(s.rest)
+    d = jnp.where(listed, (z - m[:, None]) - ln[:, None], (z - mr[:, None]) - lnr[:, None])
+    e = jnp.exp(d)
+    q_rest = jnp.exp((mr - m) + (lnr - ln))
+    q_rest = jnp.where(s.rest.m == -jnp.inf, jnp.zeros_like(q_rest), q_rest)
+    unlisted_factor = g_rest - q_rest * total
+    return e * jnp.where(listed, -total[:, None], unlisted_factor[:, None])
 
   @staticmethod
   def extra(cx, s, _):
