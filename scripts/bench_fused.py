@@ -61,7 +61,7 @@ _PROGRESS = functools.partial(print, flush=True)
 class Config:
   shapes: tuple[str, ...] = ("small", "medium", "large")
   losses: tuple[str, ...] = LOSSES
-  rounds: dict | None = None  # shape -> timed rounds (default: 15, 5, 3)
+  rounds: dict | None = None  # shape -> timed rounds (default: 30, 15, 3)
   large_losses: tuple[str, ...] = ("cross_entropy", "kl", "jensen_shannon")
   top_k: int = 64  # the stored teacher's categories per token
   seed: int = 0
@@ -74,7 +74,7 @@ QUICK_SHAPES = {"quick": (64, 32, 2048)}
 def _rounds(config, shape):
   if config.quick:
     return 1
-  return (config.rounds or {}).get(shape, {"small": 15, "medium": 5, "large": 3}[shape])
+  return (config.rounds or {}).get(shape, {"small": 30, "medium": 15, "large": 3}[shape])
 
 
 def _inputs(shape, seed):
