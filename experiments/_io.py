@@ -145,9 +145,8 @@ def config_parser(
         flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
       )
     else:
-      typ = {"int": int, "float": float, "str": str}.get(
-        f.type if isinstance(f.type, str) else "", None
-      )
+      name = f.type.removesuffix(" | None") if isinstance(f.type, str) else ""  # optional: None
+      typ = {"int": int, "float": float, "str": str}.get(name, None)
       typ = typ or (f.type if f.type in (int, float, str) else str)
       p.add_argument(
         flag, dest=f.name, type=typ, default=None, help=text, choices=choices.get(f.name)

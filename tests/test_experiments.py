@@ -217,6 +217,24 @@ def test_every_flag_has_a_description_and_its_choices(module):
     assert tuple(actions[field].choices) == tuple(allowed)
 
 
+CONFIGS = ("blog_example", "ce_vs_kl", "forward_vs_reverse", "kl_estimators", "distill",
+           "sparse_distill", "kl_penalty.study")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_numeric_flag_parses_to_its_type(name):
+  # an optional field (`int | None`, default None) takes a number too, not a string
+  config_cls = importlib.import_module(f"experiments.{name}").Config
+  parser = _io.config_parser(config_cls, "d")
+  for field in dataclasses.fields(config_cls):
+    kind = str(field.type).removesuffix(" | None")
+    if kind not in ("int", "float"):
+      continue
+    flag = "--" + field.name.replace("_", "-")
+    value = getattr(parser.parse_args([flag, "3"]), field.name)
+    assert type(value) is {"int": int, "float": float}[kind], (field.name, value)
+
+
 def test_help_lists_the_choices(capsys):
   with pytest.raises(SystemExit) as e:
     ce_vs_kl.main(["--help"])
