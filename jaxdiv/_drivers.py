@@ -447,8 +447,13 @@ def _dz(pb: Problem, rows, cols, raws, stats, g):
 
 def _gradients(pb: Problem, rows, cols, raws, stats, g, acc):
   """Add one block's gradients (rows x cols, cotangent ``g [n]``) into ``acc``."""
+  return _products(pb, rows, cols, _dz(pb, rows, cols, raws, stats, g), acc)
+
+
+def _products(pb: Problem, rows, cols, dz, acc):
+  """Add the gradients that the cotangents ``dz`` of a block's raw logits give into ``acc``."""
   acc = dict(acc)
-  for side, d in _dz(pb, rows, cols, raws, stats, g).items():
+  for side, d in dz.items():
     sd = pb.sides[side]
     if sd.kind == "head":
       # 16-bit operands go to the products as they are (float32 accumulation), as the
@@ -494,6 +499,71 @@ def _extras(pb: Problem, rows, stats, g, acc):
   return acc
 
 
+def whole_rows(pb: Problem) -> bool:
+  """Whether each block holds whole rows that the core functions' kernels can take: one
+  device's whole vocabulary, no category mask, every term with a ``core`` for its flags, no
+  derivative in a mixture weight. Their value and derivative rule then replace the block
+  statistics (no merge is needed), with fewer elementwise passes (docs' performance page)."""
+  st = pb.st
+  if st.vocab_axis is not None or st.vocab_block < st.local_v:
+    return False
+  if "vocab_mask" in pb.arrays or "full_mask" in pb.arrays:
+    return False
+  if any(k in st.diff_opts for k in pb.needs):
+    return False
+  for c in st.comps:
+    ok = getattr(c.loss, "core_ok", lambda flags: True)
+    if not hasattr(c.loss, "core") or not ok(dict(c.flags)):
+      return False
+    if any(pb.sides[s].kind == "probs" for s in c.sides):
+      return False
+  return True
+
+
+def _core_values(pb: Problem, rows, cols, raws):
+  """The per-row loss of a whole-row block from the terms' core kernels."""
+  total = None
+  for c in pb.st.comps:
+    v = c.loss.core(Ctx(pb, c, rows, cols, raws))
+    w = _weight(pb, c)
+    if w is not None:
+      v = B.zero_unless(w != 0, w * v)
+    total = v if total is None else total + v
+  return B.zero_unless(B.rows_of(pb.arrays.get("row_mask"), rows), total)
+
+
+def _core_block(pb: Problem, rows, g, acc):
+  """``(values, acc)`` of a whole-row block (:func:`whole_rows`): the value and, with a
+  cotangent ``g``, the gradients by the derivative rules of the core kernels."""
+  cols, raws = _whole(pb, rows)
+  if g is None:
+    return _core_values(pb, rows, cols, raws), acc
+  sides = _grad_sides(pb)
+  fixed = {s: x for s, x in raws.items() if s not in sides}
+
+  def values(diff):
+    return _core_values(pb, rows, cols, dict(fixed, **diff))
+
+  out, vjp = jax.vjp(values, {s: raws[s] for s in sides})
+  g = _row_weights(pb, rows, g).astype(out.dtype)
+  (dz,) = vjp(g)
+  # a row without a cotangent adds nothing, even where its loss is NaN (no distribution)
+  dz = {s: B.zero_unless((g != 0)[:, None], d) for s, d in dz.items()}
+  return out, _with_hidden_rows(pb, rows, acc, lambda acc: _products(pb, rows, cols, dz, acc))
+
+
+def _with_hidden_rows(pb: Problem, rows, acc, add):
+  """``add(acc)`` with a block's rows of the hidden states' gradients accumulated apart."""
+  hidden = [k for k in acc if k in HIDDEN]
+  acc = dict(
+    acc, **{f"{k}_rows": jnp.zeros((rows.size, acc[k].shape[1]), pb.dtype) for k in hidden}
+  )
+  acc = add(acc)
+  for k in hidden:
+    acc[k] = B.put_rows(acc[k], acc.pop(f"{k}_rows"), rows)
+  return acc
+
+
 def _token_block(pb: Problem, rows, g, acc, stats=None):
   """Statistics (unless given) and, with a cotangent ``g``, the gradients of one block."""
   st = pb.st
@@ -503,10 +573,13 @@ def _token_block(pb: Problem, rows, g, acc, stats=None):
   if g is None:
     return stats, acc
   g = _row_weights(pb, rows, g)
-  hidden = [k for k in acc if k in HIDDEN]
-  acc = dict(
-    acc, **{f"{k}_rows": jnp.zeros((rows.size, acc[k].shape[1]), pb.dtype) for k in hidden}
-  )
+  acc = _with_hidden_rows(pb, rows, acc, lambda acc: _vocab_gradients(pb, rows, one, stats, g, acc))
+  return stats, _extras(pb, rows, stats, g, acc)
+
+
+def _vocab_gradients(pb: Problem, rows, one, stats, g, acc):
+  """A block of rows' gradients from its statistics, over the vocabulary blocks."""
+  st = pb.st
   if one is not None:
     acc = _gradients(pb, rows, *one, stats, g, acc)
   else:
@@ -515,9 +588,7 @@ def _token_block(pb: Problem, rows, g, acc, stats=None):
       return _gradients(pb, rows, cols, _raws(pb, rows, cols), stats, g, acc)
 
     acc = B.loop(st.local_v, st.vocab_block, body, acc)
-  for k in hidden:
-    acc[k] = B.put_rows(acc[k], acc.pop(f"{k}_rows"), rows)
-  return stats, _extras(pb, rows, stats, g, acc)
+  return acc
 
 
 def _grad_buffers(pb: Problem):
@@ -538,23 +609,40 @@ def _side_array(pb: Problem, key: str):
   return getattr(pb.sides[side], part)
 
 
-def _sweep(pb: Problem, g=None, stats=None):
+def _sweep(pb: Problem, g=None, stats=None, keep_stats=False):
   """Over every block of tokens: ``(values [N], counts [N], stats, grads)``.
 
   ``g``: the per-row cotangent (``None``: value only); ``stats``: the statistics of an
   earlier sweep (the backward pass of the recomputing strategy), in which case values,
-  counts and statistics are not formed again.
+  counts and statistics are not formed again; ``keep_stats``: the statistics are wanted
+  (else ``None`` where the core kernels take whole rows, :func:`whole_rows`).
   """
   st = pb.st
   acc = _grad_buffers(pb) if g is not None else {}
   n = st.num_rows
+  core = whole_rows(pb)
   if stats is not None:
 
     def backward(rows, acc):
+      if core:
+        return _core_block(pb, rows, B.rows_of(g, rows), acc)[1]
       given = jax.tree.map(lambda x: B.rows_of(x, rows), stats)
       return _token_block(pb, rows, B.rows_of(g, rows), acc, given)[1]
 
     return None, None, stats, _reduce_grads(pb, B.loop(n, st.token_block, backward, acc))
+  zeros = jnp.zeros((n,), pb.dtype)
+  if core and not keep_stats:
+    no_stats = [(None, None)] * len(st.comps)  # a term's counts need none without masks
+
+    def core_body(rows, carry):
+      values, counts, acc = carry
+      v, acc = _core_block(pb, rows, None if g is None else B.rows_of(g, rows), acc)
+      values = B.put_rows(values, v, rows)
+      counts = B.put_rows(counts, _counts(pb, rows, no_stats), rows)
+      return values, counts, acc
+
+    values, counts, acc = B.loop(n, st.token_block, core_body, (zeros, zeros, acc))
+    return values, counts, None, _reduce_grads(pb, acc)
 
   probe = B.Range(0, st.token_block, None)
   one = st.vocab_block >= st.local_v
@@ -571,7 +659,6 @@ def _sweep(pb: Problem, g=None, stats=None):
     return values, counts, all_stats, acc
 
   init_stats = jax.tree.map(lambda x: jnp.zeros((n, *x.shape[1:]), x.dtype), shapes)
-  zeros = jnp.zeros((n,), pb.dtype)
   values, counts, all_stats, acc = B.loop(n, st.token_block, body, (zeros, zeros, init_stats, acc))
   return values, counts, all_stats, _reduce_grads(pb, acc)
 
@@ -667,7 +754,7 @@ def local_forward(st: Static, needs, arrays):
   gradients and the count (one sweep) or the per-row statistics (recompute)."""
   pb = problem(st, arrays, needs)
   if not one_sweep(st, needs):
-    values, counts, stats, _ = _sweep(pb)
+    values, counts, stats, _ = _sweep(pb, keep_stats=True)
     return _total(pb, values, counts)[0], stats
   values, counts, _, grads = _sweep(pb, g=jnp.ones((st.num_rows,), pb.dtype))
   out, count = _total(pb, values, counts)

@@ -15,7 +15,10 @@ same for one device, for token-chunked runs and for vocabulary shards:
   block of (transformed) logits of each side it reads, ``{side: [n, c]}``;
 * ``extra(cx, first, second)``: derivatives with respect to per-row or scalar inputs
   (a mixture weight, a stored teacher's log-probabilities), ``{name: [n, ...]}``;
-* ``counts(cx)``: the rows a ``reduction="mean"`` counts (``None``: every row).
+* ``counts(cx)``: the rows a ``reduction="mean"`` counts (``None``: every row);
+* ``core(cx)``, for a block holding whole rows on one device: the per-row loss by the core
+  function's kernel on the block's logits (``core_ok(flags)``: for which flags), whose
+  own derivative rule the drivers take instead of ``grad`` (see :mod:`jaxdiv._drivers`).
 
 ``cx`` (a :class:`~jaxdiv._drivers.Ctx`) gives the block's transformed logits of side
 ``"p"`` or ``"q"`` (``cx.z(side)``: ``-inf`` where a category is excluded or repeats an
@@ -32,12 +35,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxdiv import _blocks as B
-from jaxdiv import _f_divergences, _inputs, _kl, _numerics
+from jaxdiv import _f_divergences, _inputs, _kernels, _kl, _numerics
 
 Array = jax.Array
 fz = B.finite_or_zero
+SIDES = ("p", "q")
 
 
 def _pair_edges(first_p: B.Lse, first_q: B.Lse, loss: Array) -> Array:
@@ -181,6 +186,27 @@ class LabelsCE:
     return {cx.side: dz * (~(ignored | out_of_range)).astype(z.dtype)[:, None]}
 
   @staticmethod
+  def core_ok(flags):
+    return not flags.get("smoothing")  # the core kernel takes a static smoothing only
+
+  @staticmethod
+  def core(cx):
+    z = cx.z(cx.side)
+    ignored, out_of_range, index = _inputs.label_mask(cx.row("labels"), cx.num_v, None)
+    loss = _kernels.labels_ce_from_logits(index, z, None)
+    # the kernel's log-sum keeps fewer digits of a confident row's loss than log1p of the
+    # excess over the maximum: the value is the latter's, the derivative the kernel's
+    z0 = lax.stop_gradient(z)
+    s = B.lse_at(z0, jnp.max(z0, axis=-1))
+    exact = lax.stop_gradient(B.log_norm(s) - (B.pick(z, index[:, None])[:, 0] - s.m))
+    loss = jnp.where(jnp.isfinite(exact), (loss - lax.stop_gradient(loss)) + exact, loss)
+    if cx.flag("z_loss"):
+      lse = _numerics.logsumexp(z, None)
+      loss = loss + cx.opt("z_loss") * lse * lse
+    loss = B.zero_unless(~ignored, loss)
+    return jnp.where(out_of_range, jnp.full_like(loss, jnp.nan), loss)
+
+  @staticmethod
   def _dropped(cx):
     """The label's column in this block, or an index past its end (dropped by a scatter)."""
     local = LabelsCE._local(cx)
@@ -239,6 +265,10 @@ class KL:
   empty = staticmethod(_pair_empty)
 
   @staticmethod
+  def core(cx):
+    return _kernels.kl_from_logits(cx.z("p"), cx.z("q"), None)
+
+  @staticmethod
   def stats(cx):
     return _pair_stats(cx, kl=True)
 
@@ -268,6 +298,10 @@ class CE:
   ``-p (log q + H)``."""
 
   empty = staticmethod(_pair_empty)
+
+  @staticmethod
+  def core(cx):
+    return _kernels.ce_from_logits(cx.z("p"), cx.z("q"), None)
 
   @staticmethod
   def stats(cx):
@@ -399,6 +433,11 @@ def _mixture(cx, s: _Norms):
   return lp, lq, lm
 
 
+def _dists(cx):
+  """Both sides of a whole-row block as the core functions' distributions."""
+  return [_inputs.dist(_inputs.Source("logits", side, cx.z(side)), None) for side in SIDES]
+
+
 def _sums(cx, s, *terms):
   """``sum_v term(lp, lq, lm)`` for each term, one pass each."""
   return tuple(jnp.sum(term(*_mixture(cx, s)), axis=-1) for term in terms)
@@ -525,6 +564,10 @@ class TotalVariation(_TwoPass):
     if cx.wants("q"):
       out["q"] = -B.weighted(lq, sign - s_q[:, None])
     return out
+
+  @staticmethod
+  def core(cx):
+    return _f_divergences.total_variation_of(*_dists(cx))
 
 
 # ---------------------------------------------------------------------------

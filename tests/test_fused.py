@@ -26,6 +26,7 @@ import pytest
 
 import jaxdiv
 from jaxdiv import _blocks, _drivers
+from jaxdiv import _fused_losses as L
 
 N, D, V = 12, 5, 36
 BATCH = (3, 4)  # the rows as batch dimensions: the fused functions flatten them
@@ -965,3 +966,77 @@ def test_the_fused_benchmark_runs_and_its_losses_agree_with_the_naive_step(tmp_p
       assert c[k][ref] <= 1e-4, (case, k, c[k])
     assert c["naive"]["temp_bytes"] >= 4 * 64 * 2048  # the naive step holds the logits
   assert shape["stored_teacher"]["ratio_to_linear_cross_entropy"] > 0
+
+
+# ---------------------------------------------------------------------------
+# Whole-row blocks: the core kernels' value and derivative rule instead of the statistics
+# ---------------------------------------------------------------------------
+
+
+def _whole_row_cases(h, w, zt, y):
+  """Losses of the student head ``(a, b)``: ``f(a, b, reduction, **chunks)``."""
+  opts = dict(temperature=1.7, soft_cap=4.0)
+  return {
+    "ce, z-loss": lambda a, b, red, **c: jaxdiv.linear_cross_entropy(
+      a, b, y, z_loss=1e-3, temperature=0.8, reduction=red, **c),
+    "kl, teacher logits": lambda a, b, red, **c: jaxdiv.linear_kl_divergence(
+      p_logits=zt, q_hidden=a, q_weight=b, reduction=red, **opts, **c),
+    "reverse kl, two heads": lambda a, b, red, **c: jaxdiv.linear_kl_divergence(
+      a, b, h, w, reduction=red, **c),
+    "tv": lambda a, b, red, **c: jaxdiv.linear_total_variation_distance(
+      p_logits=zt, q_hidden=a, q_weight=b, reduction=red, **opts, **c),
+    "distillation": lambda a, b, red, **c: jaxdiv.linear_distillation_loss(
+      a, b, y, teacher_hidden=h, teacher_weight=w, hard_weight=0.3, reduction=red, **c),
+  }  # fmt: skip
+
+
+def test_whole_row_blocks_take_the_core_kernels_and_agree_with_the_block_statistics():
+  # default blocks hold whole rows (the core kernels' rules); two vocabulary blocks force the
+  # mergeable statistics: values and every gradient agree to float32 round-off, per token
+  # (recomputing backward) and summed (one sweep)
+  rng = np.random.default_rng(7)
+  n, d, v = 40, 8, 96
+  h, hq = (jnp.asarray(rng.normal(size=(n, d)), jnp.float32) for _ in range(2))
+  w, wq = (jnp.asarray(rng.normal(size=(d, v)), jnp.float32) for _ in range(2))
+  zt = jnp.asarray(rng.normal(size=(n, v)) * 2, jnp.float32).at[3, :5].set(-jnp.inf)
+  y = jnp.asarray(rng.integers(0, v, n)).at[::7].set(-100)  # some ignored labels
+  c = jnp.asarray(rng.normal(size=n), jnp.float32)
+  cases = _whole_row_cases(h, w, zt, y)
+
+  def step(f, red, chunks):
+    def loss(a, b):
+      out = f(a, b, red, **chunks)
+      return out if red else jnp.sum(c * out)
+
+    return jax.value_and_grad(loss, (0, 1))(hq, wq)
+
+  keys = [(name, red) for name in cases for red in (None, "sum")]
+
+  @jax.jit
+  def run():
+    return [[step(cases[name], red, c) for c in ({}, {"chunk_size": v // 2})] for name, red in keys]
+
+  for (name, red), (whole, split) in zip(keys, run(), strict=True):
+    chex.assert_trees_all_close(whole, split, rtol=2e-5, atol=1e-5, custom_message=f"{name} {red}")
+
+  # the decision: whole rows unless the vocabulary is split or a category mask is given
+  def pb(vocab_block, arrays):
+    comps = (_drivers.Comp(L.KL, ("p", "q"), (None, None), (), ()),)
+    st = _drivers.Static("f", comps, ("head", "head"), 4, 8, 8, 4, vocab_block, None, ())
+    sides = {k: _blocks.Side("head", None, None, None, None) for k in "pq"}
+    return _drivers.Problem(st, sides, arrays, jnp.float32, 0, frozenset())
+
+  assert _drivers.whole_rows(pb(8, {}))
+  assert not _drivers.whole_rows(pb(4, {}))
+  assert not _drivers.whole_rows(pb(8, {"vocab_mask": jnp.ones(8, bool)}))
+
+
+def test_a_differentiated_call_keeps_the_digits_of_confident_rows():
+  # per-row values from a one-sweep forward (the core kernels' rule for the derivative)
+  # are the value-only call's: the confident rows keep their digits
+  hq, wq = _bf16_head(52, BF_STUDENT)
+  alone = jaxdiv.linear_cross_entropy(hq, wq, BF_LABELS)
+  swept, _ = jax.vjp(lambda a: jaxdiv.linear_cross_entropy(a, wq, BF_LABELS), hq)
+  want = jaxdiv.cross_entropy(labels=BF_LABELS, q_logits=hq.astype(float) @ wq.astype(float))
+  chex.assert_trees_all_close(alone.astype(float), want, rtol=1e-5)
+  chex.assert_trees_all_close(swept, alone, rtol=1e-6)
