@@ -22,6 +22,12 @@ Derivatives are a :func:`jax.custom_vjp` with two strategies, chosen at trace ti
 
 A call that is not differentiated computes the value only. Arrays that are not
 differentiated (a frozen teacher) cost only their forward products.
+
+Where a block holds whole rows on one device (:func:`whole_rows`), the terms that have one
+take their value from the core function's kernel on the block (``core`` of a loss) and the
+block's logit cotangents from that kernel's derivative rule, by :func:`jax.vjp`: no
+statistics are merged, and the kernels make fewer elementwise passes than the mergeable
+statistics do. Vocabulary blocks, shards and category masks keep the statistics.
 """
 
 from __future__ import annotations
