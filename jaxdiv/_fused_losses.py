@@ -83,6 +83,25 @@ def _label_ignored(cx):
   return labels < 0, labels >= cx.num_v
 
 
+# Rows per pass of the refined cross-entropy: about 1 MiB of float32 logits, so that the
+# pass holds no block-sized temporary.
+_EXACT_ELEMENTS = 1 << 18
+
+
+def _exact_nll(z, index):
+  """``log1p(excess) - (z_y - m)`` per row (see :func:`jaxdiv._blocks.lse_at`), in row
+  sub-blocks."""
+
+  def rows(args):
+    zr, ir = args
+    s = B.lse_at(zr, jnp.max(zr, axis=-1))
+    return B.log_norm(s) - (B.pick(zr, ir[:, None])[:, 0] - s.m)
+
+  n, v = z.shape
+  r = max(1, min(n, _EXACT_ELEMENTS // max(v, 1)))
+  return lax.map(lambda a: rows((a[0][None], a[1][None]))[0], (z, index), batch_size=r)
+
+
 class LabelsCE:
   r"""``(1 - eps)(lse - z_y) + eps mean_incl(lse - z_v) + z_loss lse^2``, from shifted terms.
 
@@ -196,9 +215,7 @@ class LabelsCE:
     loss = _kernels.labels_ce_from_logits(index, z, None)
     # the kernel's log-sum keeps fewer digits of a confident row's loss than log1p of the
     # excess over the maximum: the value is the latter's, the derivative the kernel's
-    z0 = lax.stop_gradient(z)
-    s = B.lse_at(z0, jnp.max(z0, axis=-1))
-    exact = lax.stop_gradient(B.log_norm(s) - (B.pick(z, index[:, None])[:, 0] - s.m))
+    exact = _exact_nll(lax.stop_gradient(z), index)
     loss = jnp.where(jnp.isfinite(exact), (loss - lax.stop_gradient(loss)) + exact, loss)
     if cx.flag("z_loss"):
       lse = _numerics.logsumexp(z, None)
