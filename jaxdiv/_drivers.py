@@ -378,10 +378,15 @@ def _weight(pb: Problem, comp: Comp):
 
 
 def _values(pb: Problem, rows, stats):
-  """The per-row loss: the weighted sum of the terms, 0 on masked rows."""
+  """The per-row loss from the terms' statistics."""
+  comps = zip(pb.st.comps, stats, strict=True)
+  return _total_of(pb, rows, [c.loss.value(Ctx(pb, c, rows), f, s) for c, (f, s) in comps])
+
+
+def _total_of(pb: Problem, rows, terms):
+  """The per-row loss: the weighted sum of the terms' values, 0 on masked rows."""
   total = None
-  for c, (f, s) in zip(pb.st.comps, stats, strict=True):
-    v = c.loss.value(Ctx(pb, c, rows), f, s)
+  for c, v in zip(pb.st.comps, terms, strict=True):
     w = _weight(pb, c)
     if w is not None:
       v = B.zero_unless(w != 0, w * v)
@@ -528,14 +533,7 @@ def whole_rows(pb: Problem) -> bool:
 
 def _core_values(pb: Problem, rows, cols, raws):
   """The per-row loss of a whole-row block from the terms' core kernels."""
-  total = None
-  for c in pb.st.comps:
-    v = c.loss.core(Ctx(pb, c, rows, cols, raws))
-    w = _weight(pb, c)
-    if w is not None:
-      v = B.zero_unless(w != 0, w * v)
-    total = v if total is None else total + v
-  return B.zero_unless(B.rows_of(pb.arrays.get("row_mask"), rows), total)
+  return _total_of(pb, rows, [c.loss.core(Ctx(pb, c, rows, cols, raws)) for c in pb.st.comps])
 
 
 def _core_block(pb: Problem, rows, g, acc):
