@@ -308,14 +308,6 @@ def lse_block(raw: Array, head: Head = NO_HEAD, keep=None) -> Lse:
   return Lse(m, jnp.where(m_raw == jnp.inf, jnp.full_like(t, jnp.nan), t))
 
 
-def lse_at(z: Array, m: Array) -> Lse:
-  """The :class:`Lse` of a block of transformed logits with row maximum ``m``: the sums of
-  :func:`lse_block` in one pass (NaN on a row whose maximum is not finite)."""
-  d = z - m[:, None]
-  at_max = lax.stop_gradient(jnp.maximum(0.0, 1.0 + 2.0**100 * jnp.minimum(d, 0.0)))
-  return Lse(m, jnp.sum(jnp.exp(d) - at_max, axis=-1) + (jnp.sum(at_max, axis=-1) - 1))
-
-
 def lse_parts(s: Lse, m: Array) -> tuple[Array, Array]:
   """A part's share of the merged excess relative to the merged maximum ``m``, and whether
   it holds that maximum (its own arg-max term is then counted, not summed)."""

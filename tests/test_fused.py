@@ -1040,3 +1040,21 @@ def test_a_differentiated_call_keeps_the_digits_of_confident_rows():
   want = jaxdiv.cross_entropy(labels=BF_LABELS, q_logits=hq.astype(float) @ wq.astype(float))
   chex.assert_trees_all_close(alone.astype(float), want, rtol=1e-5)
   chex.assert_trees_all_close(swept, alone, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gap", [17.0, 2.0, 0.46, 0.3])  # runner-up's loss ~4e-8 .. 0.49, 0.55
+def test_a_label_near_the_maximum_gives_the_float64_loss_on_both_sides_of_the_refinement(gap):
+  # whole-row blocks refine a confident row's value from the label's logit (below a loss of
+  # 0.5): every other row, ties included, keeps the kernel's log-sum
+  z = np.full((4, 64), -30.0)
+  z[:, 3] = 0.0
+  z[0, 7] = z[2, 7] = z[3, 7] = -gap  # the runner-up sets the loss
+  z[1, 5] = 0.0  # a tie with the label: log 2
+  z[3] += 1e4  # at an offset
+  h, w = jnp.eye(4, dtype=jnp.float32), jnp.asarray(z, jnp.float32)  # logits h @ w = z
+  labels = jnp.full((4,), 3)
+  want = jaxdiv.cross_entropy(labels=labels, q_logits=jnp.asarray(w, jnp.float64))
+  alone = jaxdiv.linear_cross_entropy(h, w, labels)
+  swept, _ = jax.vjp(lambda a: jaxdiv.linear_cross_entropy(a, w, labels), h)
+  for got in (alone, swept):
+    chex.assert_trees_all_close(got.astype(float), want, rtol=2e-6, atol=0)
