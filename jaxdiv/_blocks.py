@@ -283,6 +283,13 @@ def lse_empty(n: int, dtype) -> Lse:
   return Lse(jnp.full((n,), -jnp.inf, dtype), jnp.full((n,), -1, dtype))
 
 
+def unit_step(d: Array) -> Array:
+  """1 where ``d >= 0``, 0 where ``d < -2^-100``: ``max(0, 1 + 2^100 min(d, 0))``, with no
+  derivative. Arithmetic, not a select, so that a reduction it feeds stays vectorised on
+  CPU."""
+  return lax.stop_gradient(jnp.maximum(0.0, 1.0 + 2.0**100 * jnp.minimum(d, 0.0)))
+
+
 def lse_block(raw: Array, head: Head = NO_HEAD, keep=None) -> Lse:
   r"""The :class:`Lse` of a block of logits ``transform(head, raw)`` (``-inf`` where ``keep``
   is False), the sum leaving the arg-max terms out.
@@ -294,14 +301,14 @@ def lse_block(raw: Array, head: Head = NO_HEAD, keep=None) -> Lse:
   ``sum_v 1[d_v = 0]``, exactly (an integer); ``t = a + (count - 1)``. The two sums must
   agree on which terms are at the maximum although XLA recomputes ``d`` in each pass, with
   its own rounding of a transform: :func:`shifted` makes ``d`` exactly 0 there in any
-  pass. The indicator is ``max(0, 1 + K d)`` for ``K = 2**100``. An empty row (all
+  pass. The indicator is :func:`unit_step`. An empty row (all
   ``-inf``) gives ``t = -1``.
   """
   r = exclude(raw, keep)
   m_raw = jnp.max(r, axis=-1)
   mf = finite_or_zero(m_raw)
   d = shifted(head, r, mf)
-  at_max = lax.stop_gradient(jnp.maximum(0.0, 1.0 + 2.0**100 * jnp.minimum(d, 0.0)))  # a step
+  at_max = unit_step(d)
   a = jnp.sum(jnp.exp(d) - at_max, axis=-1)
   t = a + (jnp.sum(at_max, axis=-1) - 1)
   m = jnp.where(m_raw == -jnp.inf, m_raw, transform(head, mf))

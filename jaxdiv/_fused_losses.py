@@ -90,13 +90,12 @@ def _confident_nll(z, index):
   """``log1p(sum_{v != y} e^{z_v - z_y})`` per row, exact where the loss is below
   ``_CONFIDENT`` (the caller checks that on its own value).
 
-  There the label's is the only term at ``z_v = z_y``, so taking it out with a where-free
-  indicator leaves the exact excess in one vectorised pass. Elsewhere ties are dropped
-  and the sum may overflow.
+  There the label's is the only term at ``z_v = z_y``, so taking it out with
+  :func:`jaxdiv._blocks.unit_step` leaves the exact excess in one vectorised pass.
+  Elsewhere ties are dropped and the sum may overflow.
   """
   d = z - B.pick(z, index[:, None])
-  at_label = jnp.maximum(0.0, 1.0 + 2.0**100 * jnp.minimum(d, 0.0))
-  return jnp.log1p(jnp.sum(jnp.exp(d) - at_label, axis=-1))
+  return jnp.log1p(jnp.sum(jnp.exp(d) - B.unit_step(d), axis=-1))
 
 
 class LabelsCE:
