@@ -536,9 +536,10 @@ def _core_values(pb: Problem, rows, cols, raws):
   return _total_of(pb, rows, [c.loss.core(Ctx(pb, c, rows, cols, raws)) for c in pb.st.comps])
 
 
-def _core_block(pb: Problem, rows, g, acc):
+def _core_block(pb: Problem, rows, g, acc, g_masks_only=False):
   """``(values, acc)`` of a whole-row block (:func:`whole_rows`): the value and, with a
-  cotangent ``g``, the gradients by the derivative rules of the core kernels."""
+  cotangent ``g``, the gradients by the derivative rules of the core kernels.
+  ``g_masks_only``: ``g`` is 0 only where a row is masked or repeated (see :func:`_sweep`)."""
   cols, raws = _whole(pb, rows)
   if g is None:
     return _core_values(pb, rows, cols, raws), acc
@@ -551,8 +552,9 @@ def _core_block(pb: Problem, rows, g, acc):
   out, vjp = jax.vjp(values, {s: raws[s] for s in sides})
   g = _row_weights(pb, rows, g).astype(out.dtype)
   (dz,) = vjp(g)
-  # a row without a cotangent adds nothing, even where its loss is NaN (no distribution)
-  dz = {s: B.zero_unless((g != 0)[:, None], d) for s, d in dz.items()}
+  if not g_masks_only:
+    # a row without a cotangent adds nothing, even where its loss is NaN (no distribution)
+    dz = {s: B.zero_unless((g != 0)[:, None], d) for s, d in dz.items()}
   return out, _with_hidden_rows(pb, rows, acc, lambda acc: _products(pb, rows, cols, dz, acc))
 
 
@@ -613,13 +615,17 @@ def _side_array(pb: Problem, key: str):
   return getattr(pb.sides[side], part)
 
 
-def _sweep(pb: Problem, g=None, stats=None, keep_stats=False):
+def _sweep(pb: Problem, g=None, stats=None, keep_stats=False, g_masks_only=False):
   """Over every block of tokens: ``(values [N], counts [N], stats, grads)``.
 
   ``g``: the per-row cotangent (``None``: value only); ``stats``: the statistics of an
   earlier sweep (the backward pass of the recomputing strategy), in which case values,
   counts and statistics are not formed again; ``keep_stats``: the statistics are wanted
-  (else ``None`` where the core kernels take whole rows, :func:`whole_rows`).
+  (else ``None`` where the core kernels take whole rows, :func:`whole_rows`);
+  ``g_masks_only``: ``g`` is nonzero on every row that is not masked, so that a whole-row
+  block need not zero its zero-cotangent rows' logit cotangents: those rows are masked,
+  their inputs zeroed by :func:`problem`, or repeated by a shifted block, and count in
+  their own block (a pass over the block saved; docs' performance page).
   """
   st = pb.st
   acc = _grad_buffers(pb) if g is not None else {}
@@ -640,7 +646,7 @@ def _sweep(pb: Problem, g=None, stats=None, keep_stats=False):
 
     def core_body(rows, carry):
       values, counts, acc = carry
-      v, acc = _core_block(pb, rows, None if g is None else B.rows_of(g, rows), acc)
+      v, acc = _core_block(pb, rows, None if g is None else B.rows_of(g, rows), acc, g_masks_only)
       values = B.put_rows(values, v, rows)
       counts = B.put_rows(counts, _counts(pb, rows, no_stats), rows)
       return values, counts, acc
@@ -760,7 +766,7 @@ def local_forward(st: Static, needs, arrays):
   if not one_sweep(st, needs):
     values, counts, stats, _ = _sweep(pb, keep_stats=True)
     return _total(pb, values, counts)[0], stats
-  values, counts, _, grads = _sweep(pb, g=jnp.ones((st.num_rows,), pb.dtype))
+  values, counts, _, grads = _sweep(pb, g=jnp.ones((st.num_rows,), pb.dtype), g_masks_only=True)
   out, count = _total(pb, values, counts)
   if st.reduction is not None:  # a scalar option's derivative, summed over the rows
     grads = {k: _sum_rows(st, v) if k in st.diff_opts else v for k, v in grads.items()}

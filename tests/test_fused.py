@@ -464,6 +464,31 @@ def test_masked_tokens_give_zero_with_zero_gradient_even_where_their_inputs_are_
     assert np.all(g[masked] == 0)
 
 
+@jax.jit
+def _zero_weight_on_a_row_without_a_distribution(h, w, zt):
+  """Per-token KL (the recomputing backward) weighted 0 on row 4, whose teacher logits are
+  all ``-inf`` (a NaN loss) or finite; whole-row blocks, then with a shifted last block."""
+  c = jnp.ones(N).at[4].set(0.0)
+  out = []
+  for kw in ({}, {"token_chunk_size": 5}):
+
+    def weighted(h, w, zt, kw=kw):
+      return jnp.sum(c * jaxdiv.linear_kl_divergence(p_logits=zt, q_hidden=h, q_weight=w, **kw))
+
+    out.append([jax.grad(weighted, (0, 1))(h, w, zt.at[4].set(x)) for x in (-jnp.inf, 0.0)])
+  return out
+
+
+def test_a_row_with_zero_cotangent_adds_nothing_even_where_its_loss_is_nan():
+  # the one-sweep reductions need no such guard (a masked row's inputs are zeroed, above);
+  # the per-token backward gets the caller's cotangent, which may be 0 on any row
+  h, w, _, _, zt = _arrays()
+  for g_nan, g_finite in _zero_weight_on_a_row_without_a_distribution(h, w, zt):
+    for a, b in zip(g_nan, g_finite, strict=True):
+      assert np.all(np.isfinite(a))
+      np.testing.assert_array_equal(a, b)
+
+
 def test_a_mean_over_no_token_is_zero_with_zero_gradient():
   h, w = jnp.asarray(H), jnp.asarray(W)
   ignored = -jnp.ones(N, jnp.int32)
