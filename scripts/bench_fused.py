@@ -74,7 +74,7 @@ QUICK_SHAPES = {"quick": (64, 32, 2048)}
 def _rounds(config, shape):
   if config.quick:
     return 1
-  return (config.rounds or {}).get(shape, {"small": 30, "medium": 15, "large": 3}[shape])
+  return (config.rounds or {}).get(shape, {"small": 100, "medium": 15, "large": 3}[shape])
 
 
 def _inputs(shape, seed):
