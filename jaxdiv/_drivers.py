@@ -539,7 +539,11 @@ def _core_values(pb: Problem, rows, cols, raws):
 def _core_block(pb: Problem, rows, g, acc, g_masks_only=False):
   """``(values, acc)`` of a whole-row block (:func:`whole_rows`): the value and, with a
   cotangent ``g``, the gradients by the derivative rules of the core kernels.
-  ``g_masks_only``: ``g`` is 0 only where a row is masked or repeated (see :func:`_sweep`)."""
+
+  ``g_masks_only``: ``g`` is the one sweep's own (1 on every row), so that after the row
+  weights it is 0 only on masked rows, whose inputs :func:`problem` zeroed, and on rows a
+  shifted block repeats, which count in their own block: their logit cotangents need no
+  zeroing (a pass over the block saved; docs' performance page)."""
   cols, raws = _whole(pb, rows)
   if g is None:
     return _core_values(pb, rows, cols, raws), acc
@@ -615,17 +619,14 @@ def _side_array(pb: Problem, key: str):
   return getattr(pb.sides[side], part)
 
 
-def _sweep(pb: Problem, g=None, stats=None, keep_stats=False, g_masks_only=False):
+def _sweep(pb: Problem, g=None, stats=None, keep_stats=False):
   """Over every block of tokens: ``(values [N], counts [N], stats, grads)``.
 
   ``g``: the per-row cotangent (``None``: value only); ``stats``: the statistics of an
   earlier sweep (the backward pass of the recomputing strategy), in which case values,
   counts and statistics are not formed again; ``keep_stats``: the statistics are wanted
-  (else ``None`` where the core kernels take whole rows, :func:`whole_rows`);
-  ``g_masks_only``: ``g`` is nonzero on every row that is not masked, so that a whole-row
-  block need not zero its zero-cotangent rows' logit cotangents: those rows are masked,
-  their inputs zeroed by :func:`problem`, or repeated by a shifted block, and count in
-  their own block (a pass over the block saved; docs' performance page).
+  (else ``None`` where the core kernels take whole rows, :func:`whole_rows`). Without
+  ``stats``, ``g`` is the one sweep's own (:func:`local_forward`); with them, the caller's.
   """
   st = pb.st
   acc = _grad_buffers(pb) if g is not None else {}
@@ -646,7 +647,7 @@ def _sweep(pb: Problem, g=None, stats=None, keep_stats=False, g_masks_only=False
 
     def core_body(rows, carry):
       values, counts, acc = carry
-      v, acc = _core_block(pb, rows, None if g is None else B.rows_of(g, rows), acc, g_masks_only)
+      v, acc = _core_block(pb, rows, None if g is None else B.rows_of(g, rows), acc, True)
       values = B.put_rows(values, v, rows)
       counts = B.put_rows(counts, _counts(pb, rows, no_stats), rows)
       return values, counts, acc
@@ -766,7 +767,7 @@ def local_forward(st: Static, needs, arrays):
   if not one_sweep(st, needs):
     values, counts, stats, _ = _sweep(pb, keep_stats=True)
     return _total(pb, values, counts)[0], stats
-  values, counts, _, grads = _sweep(pb, g=jnp.ones((st.num_rows,), pb.dtype), g_masks_only=True)
+  values, counts, _, grads = _sweep(pb, g=jnp.ones((st.num_rows,), pb.dtype))
   out, count = _total(pb, values, counts)
   if st.reduction is not None:  # a scalar option's derivative, summed over the rows
     grads = {k: _sum_rows(st, v) if k in st.diff_opts else v for k, v in grads.items()}
