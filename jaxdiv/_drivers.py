@@ -59,7 +59,8 @@ SUB_ELEMENTS = 1 << 18
 SIDES = ("p", "q")
 _SIDE_ARRAYS = ("hidden", "weight", "values")
 # The arrays a fused loss may differentiate (options are differentiable where a term says).
-DIFFERENTIABLE = tuple(f"{s}_{a}" for s in SIDES for a in _SIDE_ARRAYS) + ("log_probs",)
+_SIDE_DIFFERENTIABLE = tuple(f"{s}_{a}" for s in SIDES for a in _SIDE_ARRAYS)
+DIFFERENTIABLE = _SIDE_DIFFERENTIABLE + ("log_probs",)
 HIDDEN, WEIGHTS = ("p_hidden", "q_hidden"), ("p_weight", "q_weight")
 _PER_ROW = ("labels", "indices", "log_probs", "slot_ok", "invalid", "row_mask", "full_mask")
 
@@ -513,14 +514,15 @@ def _extras(pb: Problem, rows, stats, g, acc):
 def whole_rows(pb: Problem) -> bool:
   """Whether each block holds whole rows that the core functions' kernels can take: one
   device's whole vocabulary, no category mask, every term with a ``core`` for its flags, no
-  derivative in a mixture weight. Their value and derivative rule then replace the block
+  derivative but the sides' (a mixture weight's and stored log-probabilities' come from the
+  statistics). Their value and derivative rule then replace the block
   statistics (no merge is needed), with fewer elementwise passes (docs' performance page)."""
   st = pb.st
   if st.vocab_axis is not None or st.vocab_block < st.local_v:
     return False
   if "vocab_mask" in pb.arrays or "full_mask" in pb.arrays:
     return False
-  if any(k in st.diff_opts for k in pb.needs):
+  if any(k not in _SIDE_DIFFERENTIABLE for k in pb.needs):
     return False
   for c in st.comps:
     ok = getattr(c.loss, "core_ok", lambda flags: True)

@@ -17,8 +17,9 @@ same for one device, for token-chunked runs and for vocabulary shards:
   (a mixture weight, a stored teacher's log-probabilities), ``{name: [n, ...]}``;
 * ``counts(cx)``: the rows a ``reduction="mean"`` counts (``None``: every row);
 * ``core(cx)``, for a block holding whole rows on one device: the per-row loss by the core
-  function's kernel on the block's logits (``core_ok(flags)``: for which flags), whose
-  own derivative rule the drivers take instead of ``grad`` (see :mod:`jaxdiv._drivers`).
+  function's kernel on the block's logits, or by a whole-row rule of the loss's own (a
+  stored side's cells), ``core_ok(flags)`` saying for which flags; the drivers take its
+  derivative rule instead of ``grad`` (see :mod:`jaxdiv._drivers`).
 
 ``cx`` (a :class:`~jaxdiv._drivers.Ctx`) gives the block's transformed logits of side
 ``"p"`` or ``"q"`` (``cx.z(side)``: ``-inf`` where a category is excluded or repeats an
@@ -611,6 +612,52 @@ CELL_LOSSES = {
 }
 
 
+def _dense_cells(lse: B.Lse, listed: Array, rest: B.Lse):
+  """The dense side's log-probabilities on the cells: ``(listed [n, k], rest [n])`` from
+  its log-normaliser, its logits at the listed categories and its rest's log-normaliser
+  (``-inf`` for a cell without mass)."""
+  lq_listed = (listed - fz(lse.m)[:, None]) - fz(B.log_norm(lse))[:, None]
+  lq_listed = jnp.where(listed == -jnp.inf, jnp.full_like(lq_listed, -jnp.inf), lq_listed)
+  lq_rest = (rest.m - fz(lse.m)) + (B.log_norm(rest) - B.log_norm(lse))
+  lq_rest = jnp.where(rest.m == -jnp.inf, jnp.full_like(lq_rest, -jnp.inf), lq_rest)
+  return lq_listed, lq_rest
+
+
+@jax.custom_vjp
+def _residual_cells(z: Array, cols: Array):
+  """``(lq_listed [n, k], lq_rest [n], m [n])`` of whole rows of logits ``z [n, V]`` on the
+  residual cells of the listed columns ``cols [n, k]`` (``V``: an empty slot), ``m`` the
+  rows' maximum (``-inf``: no possible category). Derivative rule (``total = sum_c g_c``):
+  ``dz_v = g_v - q_v total`` at a listed ``v``, ``e^{z_v - lse_rest} (g_rest - q_rest total)``
+  elsewhere: one exponential per category and a scatter of the listed ones."""
+  return _residual_fwd(z, cols)[0]
+
+
+def _residual_fwd(z, cols):
+  listed = B.pick(z, cols)
+  # -inf from the listed logits: the gather then runs first and the scatter is in place
+  z_rest = z.at[jnp.arange(z.shape[0])[:, None], cols].set(listed - jnp.inf, mode="drop")
+  r = _numerics.logsumexp(z_rest)
+  rest = B.Lse(r, jnp.where(r == -jnp.inf, -jnp.ones_like(r), jnp.zeros_like(r)))
+  whole = B.merge(_q_reduce, _QStats(B.lse_block(listed)), _QStats(rest)).q
+  lq_listed, lq_rest = _dense_cells(whole, listed, rest)
+  return (lq_listed, lq_rest, whole.m), (z_rest, r, lq_listed, lq_rest, cols)
+
+
+def _residual_bwd(res, ct):
+  z_rest, r, lq_listed, lq_rest, cols = res
+  g_listed, g_rest, _ = ct
+  total = jnp.sum(g_listed, axis=-1) + g_rest
+  unlisted = g_rest - jnp.exp(lq_rest) * total
+  dz = jnp.exp(z_rest - fz(r)[:, None]) * unlisted[:, None]
+  rows = jnp.arange(z_rest.shape[0])[:, None]
+  dz = dz.at[rows, cols].add(g_listed - jnp.exp(lq_listed) * total[:, None], mode="drop")
+  return dz, None
+
+
+_residual_cells.defvjp(_residual_fwd, _residual_bwd)
+
+
 class Sparse:
   """A divergence between a stored side (``flag("stored")``: ``"p"`` or ``"q"``) and a
   dense one, on the cells of ``flag("tail")``; the loss is ``flag("cells")`` of
@@ -662,10 +709,13 @@ class Sparse:
     slot_ok = cx.row("slot_ok")
     if cx.masked:  # a listed category that is excluded is padding
       slot_ok = slot_ok & (s.kept != 0)
-    lq_listed = (s.listed - fz(s.lse.m)[:, None]) - fz(B.log_norm(s.lse))[:, None]
-    lq_listed = jnp.where(s.listed == -jnp.inf, jnp.full_like(lq_listed, -jnp.inf), lq_listed)
-    lq_rest = (s.rest.m - fz(s.lse.m)) + (B.log_norm(s.rest) - B.log_norm(s.lse))
-    lq_rest = jnp.where(s.rest.m == -jnp.inf, jnp.full_like(lq_rest, -jnp.inf), lq_rest)
+    lq_listed, lq_rest = _dense_cells(s.lse, s.listed, s.rest)
+    return Sparse._cell_loss(cx, slot_ok, lq_listed, lq_rest, s.lse.m == -jnp.inf)
+
+  @staticmethod
+  def _cell_loss(cx, slot_ok, lq_listed, lq_rest, empty):
+    """``(loss [n], vjp)`` from the dense cells' log-probabilities (``empty``: rows with no
+    possible dense category)."""
     tail, stored = cx.flag("tail"), cx.flag("stored")
     loss_fn = CELL_LOSSES[cx.flag("cells")]
     # a weight per row, so that its derivative is one per row
@@ -684,9 +734,9 @@ class Sparse:
     bad = cx.row("invalid")  # out-of-range or duplicated listed categories
     loss = jnp.where(bad, jnp.full_like(loss, jnp.nan), loss)
     # no possible category on the dense side: a fully excluded row (0), or not a distribution
-    empty = s.lse.m == -jnp.inf
     gone = jnp.zeros_like(loss) if cx.masked else jnp.full_like(loss, jnp.nan)
-    return jnp.where(empty, gone, loss), vjp
+    # those rows' values are set, so they have no derivative (the core functions' rule)
+    return jnp.where(empty, gone, loss), lambda g: vjp(B.zero_unless(~(bad | empty), g))
 
   @staticmethod
   def value(cx, s, _):
@@ -711,8 +761,13 @@ class Sparse:
     else:
       dz = -B.softmax(z, s.lse) * total[:, None]
     rows = jnp.arange(z.shape[0])[:, None]
-    cols = jnp.where((local >= 0) & (local < z.shape[1]), local, z.shape[1])
-    return {dense: dz.at[rows, cols].add(g_listed, mode="drop")}
+    return {dense: dz.at[rows, Sparse._cols(local, z.shape[1])].add(g_listed, mode="drop")}
+
+  @staticmethod
+  def _cols(local, width):
+    """The listed columns of a block of ``width``, ``width`` (which a scatter drops) where
+    a slot lists none of them."""
+    return jnp.where((local >= 0) & (local < width), local, width)
 
   @staticmethod
   def _residual_dz(z, local, s, total, g_rest):
@@ -727,6 +782,16 @@ class Sparse:
     q_rest = jnp.where(s.rest.m == -jnp.inf, jnp.zeros_like(q_rest), q_rest)
     unlisted_factor = g_rest - q_rest * total
     return e * jnp.where(listed, -total[:, None], unlisted_factor[:, None])
+
+  @staticmethod
+  def core_ok(flags):
+    return flags.get("tail") == "residual"  # the other tails' cells need the whole row's lse
+
+  @staticmethod
+  def core(cx):
+    z = cx.z(cx.side)
+    lq_listed, lq_rest, m = _residual_cells(z, Sparse._cols(Sparse._local(cx), z.shape[1]))
+    return Sparse._cell_loss(cx, cx.row("slot_ok"), lq_listed, lq_rest, m == -jnp.inf)[0]
 
   @staticmethod
   def extra(cx, s, _):

@@ -798,6 +798,46 @@ def test_a_stored_teacher_s_edges_padding_round_off_and_invalid_rows():
   assert np.all(res[teachers] >= 0) and np.all(res[teachers] <= full[teachers] + 1e-12)
 
 
+def test_whole_rows_take_the_residual_cells_own_rule_equal_to_the_merged_blocks(monkeypatch):
+  # Whole rows (the vocabulary in one block) take the residual tail's derivative rule of
+  # its own; blocks of 8 categories merge statistics. They agree on every edge row, with
+  # the teacher stored as p (per token) and as q (summed); a derivative in the stored
+  # log-probabilities comes from the statistics. 11 rows: traces of their own.
+  calls = []
+  rule = L._residual_cells
+  monkeypatch.setattr(L, "_residual_cells", lambda *a: calls.append(a) or rule(*a))
+  idx, lp = (x[:11] for x in _stored_edges())
+  h, w = jnp.asarray(H[:11]), jnp.asarray(W)
+
+  def losses(h, w, lp, chunks):
+    per_token = jaxdiv.linear_kl_divergence(p_indices=idx, p_log_probs=lp, q_hidden=h,
+                                            q_weight=w, **chunks)  # fmt: skip
+    summed = jaxdiv.linear_kl_divergence(p_hidden=h, p_weight=w, q_indices=idx, q_log_probs=lp,
+                                         reduction="sum", **chunks)  # fmt: skip
+    return per_token, summed
+
+  def run(chunks):
+    f = lambda h, w: losses(h, w, lp, chunks)  # noqa: E731
+    out, vjp = jax.vjp(f, h, w)
+    ones = jax.tree.map(jnp.ones_like, out)
+    nan_free = jax.tree.map(lambda o: jnp.where(jnp.isnan(o), 0.0, 1.0), out)
+    return out, vjp(ones), vjp(nan_free)
+
+  whole = jax.jit(lambda: run({"token_chunk_size": 5}))()
+  assert calls, "the whole-row call did not take the residual cells' rule"
+  blocks = jax.jit(lambda: run(NON_DIVIDING))()
+  (tok, tot), grads, grads_valid = whole
+  assert np.all(np.isnan(np.asarray(tok)[[4, 5, 7]])) and np.isnan(tot)
+  # an invalid row's value is set to NaN: no derivative, as in the core functions
+  np.testing.assert_array_equal(np.asarray(grads[0])[[4, 5, 7]], 0.0)
+  chex.assert_trees_all_close(whole, blocks, rtol=1e-10, atol=1e-12)
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads_valid))
+
+  g_lp = jax.jit(jax.grad(lambda lp: losses(h, w, lp, {})[0][6]))(lp)
+  want = jax.grad(lambda lp: jaxdiv.kl_divergence(p_indices=idx, p_log_probs=lp, q_logits=h @ w)[6])
+  np.testing.assert_allclose(g_lp, want(lp), rtol=1e-10, atol=1e-12)
+
+
 def test_a_stored_teacher_in_bfloat16_is_accumulated_in_float32():
   idx, lp = _stored(TEACHER)
   h, w = jnp.asarray(H, jnp.float32), jnp.asarray(W, jnp.float32)
