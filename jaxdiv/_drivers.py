@@ -513,10 +513,11 @@ def _extras(pb: Problem, rows, stats, g, acc):
 
 def whole_rows(pb: Problem) -> bool:
   """Whether each block holds whole rows that the core functions' kernels can take: one
-  device's whole vocabulary, no category mask, every term with a ``core`` for its flags, no
-  derivative but the sides' (a mixture weight's and stored log-probabilities' come from the
-  statistics). Their value and derivative rule then replace the block
-  statistics (no merge is needed), with fewer elementwise passes (docs' performance page)."""
+  device's whole vocabulary, no category mask, every term with a ``core`` for its flags,
+  and derivatives in the sides' arrays only (a mixture weight's and stored
+  log-probabilities' come from the statistics). Their value and derivative rule then
+  replace the block statistics (no merge is needed), with fewer elementwise passes (docs'
+  performance page)."""
   st = pb.st
   if st.vocab_axis is not None or st.vocab_block < st.local_v:
     return False

@@ -638,6 +638,7 @@ def _residual_fwd(z, cols):
   # -inf from the listed logits: the gather then runs first and the scatter is in place
   z_rest = z.at[jnp.arange(z.shape[0])[:, None], cols].set(listed - jnp.inf, mode="drop")
   r = _numerics.logsumexp(z_rest)
+  # the rest as one term at its log-sum (an excess of 0; -1, a sum of 0, where it is empty)
   rest = B.Lse(r, jnp.where(r == -jnp.inf, -jnp.ones_like(r), jnp.zeros_like(r)))
   whole = B.merge(_q_reduce, _QStats(B.lse_block(listed)), _QStats(rest)).q
   lq_listed, lq_rest = _dense_cells(whole, listed, rest)
