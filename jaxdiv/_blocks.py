@@ -371,11 +371,17 @@ def pick(z: Array, local: Array) -> Array:
   return jnp.where(inside, got, jnp.full_like(got, -jnp.inf))
 
 
+def columns(local: Array, c: int) -> Array:
+  """The columns ``local [n, k]`` of a block ``c`` wide, ``c`` where outside it: an index a
+  scatter with ``mode="drop"`` drops."""
+  return jnp.where((local >= 0) & (local < c), local, c)
+
+
 def scatter(shape, local: Array, values: Array) -> Array:
   """``[n, c]`` zeros plus ``values [n, k]`` added at the columns ``local [n, k]``
   (indices outside ``[0, c)`` are dropped)."""
   n, c = shape
-  cols = jnp.where((local >= 0) & (local < c), local, c)
+  cols = columns(local, c)
   rows = jnp.broadcast_to(jnp.arange(n)[:, None], local.shape)
   return jnp.zeros(shape, values.dtype).at[rows, cols].add(values, mode="drop")
 

@@ -223,8 +223,7 @@ class LabelsCE:
   @staticmethod
   def _dropped(cx):
     """The label's column in this block, or an index past its end (dropped by a scatter)."""
-    local = LabelsCE._local(cx)
-    return jnp.where((local >= 0) & (local < cx.cols.size), local, cx.cols.size)
+    return B.columns(LabelsCE._local(cx), cx.cols.size)
 
 
 # ---------------------------------------------------------------------------
@@ -623,37 +622,51 @@ def _dense_cells(lse: B.Lse, listed: Array, rest: B.Lse):
   return lq_listed, lq_rest
 
 
+def _without_listed(z: Array, cols: Array):
+  """``(listed [n, k], z_rest [n, c])``: a block's logits at the listed columns ``cols``
+  (the block's width: no column), and the block with ``-inf`` there."""
+  listed = B.pick(z, cols)
+  # -inf from the listed logits: the gather then runs first and the scatter is in place
+  z_rest = z.at[jnp.arange(z.shape[0])[:, None], cols].set(listed - jnp.inf, mode="drop")
+  return listed, z_rest
+
+
+def _residual_dz(z_rest, rest: B.Lse, lq_listed, lq_rest, cols, g_listed, g_rest):
+  """The residual cells' derivative lifted back to a block's logits, ``total = sum_c g_c``:
+  ``e^{z_v - lse_rest} (g_rest - q_rest total)`` at an unlisted ``v`` (``z_rest``: the block
+  with ``-inf`` at the listed categories), ``g_v - q_v total`` at a listed one; one
+  exponential per category and a scatter of the listed ones."""
+  total = jnp.sum(g_listed, axis=-1) + g_rest
+  mr, lnr = B.row_shift(rest)
+  unlisted = g_rest - jnp.exp(lq_rest) * total
+  dz = jnp.exp((z_rest - mr[:, None]) - lnr[:, None]) * unlisted[:, None]
+  rows = jnp.arange(z_rest.shape[0])[:, None]
+  return dz.at[rows, cols].add(g_listed - jnp.exp(lq_listed) * total[:, None], mode="drop")
+
+
 @jax.custom_vjp
 def _residual_cells(z: Array, cols: Array):
   """``(lq_listed [n, k], lq_rest [n], m [n])`` of whole rows of logits ``z [n, V]`` on the
   residual cells of the listed columns ``cols [n, k]`` (``V``: an empty slot), ``m`` the
-  rows' maximum (``-inf``: no possible category). Derivative rule (``total = sum_c g_c``):
-  ``dz_v = g_v - q_v total`` at a listed ``v``, ``e^{z_v - lse_rest} (g_rest - q_rest total)``
-  elsewhere: one exponential per category and a scatter of the listed ones."""
+  rows' maximum (``-inf``: no possible category). Derivative rule: :func:`_residual_dz`."""
   return _residual_fwd(z, cols)[0]
 
 
 def _residual_fwd(z, cols):
-  listed = B.pick(z, cols)
-  # -inf from the listed logits: the gather then runs first and the scatter is in place
-  z_rest = z.at[jnp.arange(z.shape[0])[:, None], cols].set(listed - jnp.inf, mode="drop")
-  r = _numerics.logsumexp(z_rest)
-  # the rest as one term at its log-sum (an excess of 0; -1, a sum of 0, where it is empty)
-  rest = B.Lse(r, jnp.where(r == -jnp.inf, -jnp.ones_like(r), jnp.zeros_like(r)))
+  listed, z_rest = _without_listed(z, cols)
+  # the rest's normaliser at its own maximum, which stays apart from the sum (shift invariance)
+  m_rest = jnp.max(z_rest, axis=-1)
+  s_rest = jnp.sum(jnp.exp(z_rest - fz(m_rest)[:, None]), axis=-1)
+  rest = B.Lse(m_rest, jnp.where(m_rest == -jnp.inf, -jnp.ones_like(s_rest), s_rest - 1))
   whole = B.merge(_q_reduce, _QStats(B.lse_block(listed)), _QStats(rest)).q
   lq_listed, lq_rest = _dense_cells(whole, listed, rest)
-  return (lq_listed, lq_rest, whole.m), (z_rest, r, lq_listed, lq_rest, cols)
+  return (lq_listed, lq_rest, whole.m), (z_rest, rest, lq_listed, lq_rest, cols)
 
 
 def _residual_bwd(res, ct):
-  z_rest, r, lq_listed, lq_rest, cols = res
+  z_rest, rest, lq_listed, lq_rest, cols = res
   g_listed, g_rest, _ = ct
-  total = jnp.sum(g_listed, axis=-1) + g_rest
-  unlisted = g_rest - jnp.exp(lq_rest) * total
-  dz = jnp.exp(z_rest - fz(r)[:, None]) * unlisted[:, None]
-  rows = jnp.arange(z_rest.shape[0])[:, None]
-  dz = dz.at[rows, cols].add(g_listed - jnp.exp(lq_listed) * total[:, None], mode="drop")
-  return dz, None
+  return _residual_dz(z_rest, rest, lq_listed, lq_rest, cols, g_listed, g_rest), None
 
 
 _residual_cells.defvjp(_residual_fwd, _residual_bwd)
@@ -755,34 +768,15 @@ class Sparse:
       return {}
     _, g_listed, g_rest, _ = Sparse._cell_grads(cx, s)
     z = cx.z(dense)
-    local = Sparse._local(cx)
-    total = jnp.sum(g_listed, axis=-1) + g_rest
+    cols = B.columns(Sparse._local(cx), z.shape[1])
     if cx.flag("tail") == "residual":
-      dz = Sparse._residual_dz(z, local, s, total, g_rest)
-    else:
-      dz = -B.softmax(z, s.lse) * total[:, None]
+      lq_listed, lq_rest = _dense_cells(s.lse, s.listed, s.rest)
+      z_rest = _without_listed(z, cols)[1]
+      return {dense: _residual_dz(z_rest, s.rest, lq_listed, lq_rest, cols, g_listed, g_rest)}
+    total = jnp.sum(g_listed, axis=-1) + g_rest
+    dz = -B.softmax(z, s.lse) * total[:, None]
     rows = jnp.arange(z.shape[0])[:, None]
-    return {dense: dz.at[rows, Sparse._cols(local, z.shape[1])].add(g_listed, mode="drop")}
-
-  @staticmethod
-  def _cols(local, width):
-    """The listed columns of a block of ``width``, ``width`` (which a scatter drops) where
-    a slot lists none of them."""
-    return jnp.where((local >= 0) & (local < width), local, width)
-
-  @staticmethod
-  def _residual_dz(z, local, s, total, g_rest):
-    """``-q_v total + (q_v / q_rest) g_rest [v unlisted]`` with one exponential per cell:
-    ``r_v = e^{z_v - lse_rest}`` on the unlisted categories (so ``q_v = q_rest r_v``, with
-    ``q_rest <= 1``), ``q_v`` itself on the listed ones."""
-    listed = Sparse._unlisted(z, local) == -jnp.inf
-    (m, ln), (mr, lnr) = B.row_shift(s.lse), B.row_shift(s.rest)
-    d = jnp.where(listed, (z - m[:, None]) - ln[:, None], (z - mr[:, None]) - lnr[:, None])
-    e = jnp.exp(d)
-    q_rest = jnp.exp((mr - m) + (lnr - ln))
-    q_rest = jnp.where(s.rest.m == -jnp.inf, jnp.zeros_like(q_rest), q_rest)
-    unlisted_factor = g_rest - q_rest * total
-    return e * jnp.where(listed, -total[:, None], unlisted_factor[:, None])
+    return {dense: dz.at[rows, cols].add(g_listed, mode="drop")}
 
   @staticmethod
   def core_ok(flags):
@@ -791,7 +785,7 @@ class Sparse:
   @staticmethod
   def core(cx):
     z = cx.z(cx.side)
-    lq_listed, lq_rest, m = _residual_cells(z, Sparse._cols(Sparse._local(cx), z.shape[1]))
+    lq_listed, lq_rest, m = _residual_cells(z, B.columns(Sparse._local(cx), z.shape[1]))
     return Sparse._cell_loss(cx, cx.row("slot_ok"), lq_listed, lq_rest, m == -jnp.inf)[0]
 
   @staticmethod

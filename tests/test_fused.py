@@ -838,6 +838,24 @@ def test_whole_rows_take_the_residual_cells_own_rule_equal_to_the_merged_blocks(
   np.testing.assert_allclose(g_lp, want(lp), rtol=1e-10, atol=1e-12)
 
 
+def test_the_residual_cells_rule_is_unchanged_by_an_offset_of_1e6_in_float32():
+  # Logits on a grid of 1/16 are exact at 1e6 in float32 (ulp 0.0625), so only the rule's
+  # own rounding could move. The rest's normaliser keeps its maximum apart from the sum, as
+  # the statistics do: one log-sum rounded at 1e6 moved its cell by up to 0.03.
+  z = jnp.asarray(rng.integers(-128, 128, size=(N, V)) / 16.0, jnp.float32)
+  cols = jnp.asarray(np.argsort(-np.asarray(z), axis=-1)[:, :K].copy())
+  cols = cols.at[1, -1].set(V)  # an empty slot
+
+  def rule(z):
+    cells, vjp = jax.vjp(lambda z: L._residual_cells(z, cols)[:2], z)
+    g = (jnp.linspace(-1, 1, N * K).reshape(N, K), jnp.linspace(1, 2, N))
+    return cells, vjp(jax.tree.map(lambda x: x.astype(jnp.float32), g))[0]
+
+  (cells, dz), (cells_off, dz_off) = jax.jit(lambda: (rule(z), rule(z + 1e6)))()
+  chex.assert_trees_all_close(cells_off, cells, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(dz_off, dz, rtol=0, atol=1e-6)
+
+
 def test_a_stored_teacher_in_bfloat16_is_accumulated_in_float32():
   idx, lp = _stored(TEACHER)
   h, w = jnp.asarray(H, jnp.float32), jnp.asarray(W, jnp.float32)
