@@ -152,8 +152,10 @@ class Problem(NamedTuple):
 class Ctx:
   """One term's view of a block of rows (and, inside a sweep, of columns)."""
 
-  def __init__(self, pb: Problem, comp: Comp, rows, cols=None, raws=None, keep=None):
+  def __init__(self, pb: Problem, comp: Comp, rows, cols=None, raws=None, keep=None,
+               refined_later=False):  # fmt: skip
     self.pb, self.comp, self.rows, self.cols = pb, comp, rows, cols
+    self.refined_later = refined_later  # ``core``'s value goes to the loss's ``refine``
     self._raws, self.keep, self._z = raws, keep, {}
     self.dtype, self.num_v, self.offset = pb.dtype, pb.st.num_v, pb.offset
     self._opts = dict(comp.opts)
@@ -534,9 +536,19 @@ def whole_rows(pb: Problem) -> bool:
   return True
 
 
-def _core_values(pb: Problem, rows, cols, raws):
+def _core_values(pb: Problem, rows, cols, raws, refined_later=False):
   """The per-row loss of a whole-row block from the terms' core kernels."""
-  return _total_of(pb, rows, [c.loss.core(Ctx(pb, c, rows, cols, raws)) for c in pb.st.comps])
+  return _total_of(
+    pb, rows, [c.loss.core(Ctx(pb, c, rows, cols, raws, None, refined_later)) for c in pb.st.comps]
+  )
+
+
+def _refined_later(pb: Problem) -> bool:
+  """Whether the one sweep refines the value of its only term, unweighted, from the block's
+  logit cotangent (the loss's ``refine``) instead of by a pass of the term's own."""
+  (c, *others) = pb.st.comps
+  ok = getattr(c.loss, "refine_ok", None)
+  return not others and c.weight is None and ok is not None and ok(dict(c.flags))
 
 
 def _core_block(pb: Problem, rows, g, acc, g_masks_only=False):
@@ -552,13 +564,17 @@ def _core_block(pb: Problem, rows, g, acc, g_masks_only=False):
     return _core_values(pb, rows, cols, raws), acc
   sides = _grad_sides(pb)
   fixed = {s: x for s, x in raws.items() if s not in sides}
+  later = g_masks_only and _refined_later(pb)
 
   def values(diff):
-    return _core_values(pb, rows, cols, dict(fixed, **diff))
+    return _core_values(pb, rows, cols, dict(fixed, **diff), later)
 
   out, vjp = jax.vjp(values, {s: raws[s] for s in sides})
   g = _row_weights(pb, rows, g).astype(out.dtype)
   (dz,) = vjp(g)
+  if later:  # g is 1 where the value is kept (a row a shifted block repeats keeps its own)
+    cx = Ctx(pb, pb.st.comps[0], rows, cols, raws)
+    out = cx.comp.loss.refine(cx, out, dz[cx.side])
   if not g_masks_only:
     # a row without a cotangent adds nothing, even where its loss is NaN (no distribution)
     dz = {s: B.zero_unless((g != 0)[:, None], d) for s, d in dz.items()}

@@ -19,7 +19,12 @@ same for one device, for token-chunked runs and for vocabulary shards:
 * ``core(cx)``, for a block holding whole rows on one device: the per-row loss by the core
   function's kernel on the block's logits, or by a whole-row rule of the loss's own (a
   stored side's cells), ``core_ok(flags)`` saying for which flags; the drivers take its
-  derivative rule instead of ``grad`` (see :mod:`jaxdiv._drivers`).
+  derivative rule instead of ``grad`` (see :mod:`jaxdiv._drivers`);
+* ``refine(cx, value, dz)``, for a ``core`` whose value a pass of its own makes exact: that
+  value made exact from the block's logit cotangent ``dz`` instead, which the drivers'
+  one sweep forms anyway, where the loss is the call's only term and unweighted
+  (``refine_ok(flags)`` saying for which flags); ``cx.refined_later`` then tells ``core``
+  to leave its pass out.
 
 ``cx`` (a :class:`~jaxdiv._drivers.Ctx`) gives the block's transformed logits of side
 ``"p"`` or ``"q"`` (``cx.z(side)``: ``-inf`` where a category is excluded or repeats an
@@ -97,6 +102,22 @@ def _confident_nll(z, index):
   """
   d = z - B.pick(z, index[:, None])
   return jnp.log1p(jnp.sum(jnp.exp(d) - B.unit_step(d), axis=-1))
+
+
+def _confident_nll_from_grad(loss, dz, index):
+  """:func:`_confident_nll` from the kernel's value ``loss = l - z_y`` and its unit
+  cotangent ``dz = softmax - onehot``, with no pass over the logits: the other categories'
+  ``dz_v = e^{z_v - l}`` sum (the label's own entry taken out) to the excess times
+  ``e^{-loss}``, the kernel's normaliser ``l`` cancelling with its rounding."""
+  others = jnp.sum(dz, axis=-1) - B.pick(dz, index[:, None])[:, 0]
+  return jnp.log1p(jnp.exp(loss) * others)
+
+
+def _refined(loss, exact):
+  """``exact`` as the value where the kernel's ``loss`` is below ``_CONFIDENT``, keeping
+  the kernel's derivative."""
+  exact = lax.stop_gradient(exact)
+  return jnp.where(loss < _CONFIDENT, (loss - lax.stop_gradient(loss)) + exact, loss)
 
 
 class LabelsCE:
@@ -206,19 +227,29 @@ class LabelsCE:
     return not flags.get("smoothing")  # the core kernel takes a static smoothing only
 
   @staticmethod
+  def refine_ok(flags):
+    return not flags.get("z_loss")  # its value is not the kernel's alone
+
+  @staticmethod
   def core(cx):
     z = cx.z(cx.side)
     ignored, out_of_range, index = _inputs.label_mask(cx.row("labels"), cx.num_v, None)
     loss = _kernels.labels_ce_from_logits(index, z, None)
     # the kernel's log-sum keeps about two digits of a confident row's loss: there the
-    # value is log1p of the excess over the label's logit, the derivative the kernel's
-    exact = _confident_nll(lax.stop_gradient(z), index)
-    loss = jnp.where(loss < _CONFIDENT, (loss - lax.stop_gradient(loss)) + exact, loss)
+    # value is log1p of the excess over the label's logit, the derivative the kernel's;
+    # "rough": another term's round-off in the same value is as large (distillation)
+    if not cx.refined_later and not cx.flag("rough"):
+      loss = _refined(loss, _confident_nll(z, index))
     if cx.flag("z_loss"):
       lse = _numerics.logsumexp(z, None)
       loss = loss + cx.opt("z_loss") * lse * lse
     loss = B.zero_unless(~ignored, loss)
     return jnp.where(out_of_range, jnp.full_like(loss, jnp.nan), loss)
+
+  @staticmethod
+  def refine(cx, loss, dz):
+    _, _, index = _inputs.label_mask(cx.row("labels"), cx.num_v, None)
+    return _refined(loss, _confident_nll_from_grad(loss, dz, index))
 
   @staticmethod
   def _dropped(cx):

@@ -1141,3 +1141,44 @@ def test_a_label_near_the_maximum_gives_the_float64_loss_on_both_sides_of_the_re
   swept, _ = jax.vjp(lambda a: jaxdiv.linear_cross_entropy(a, w, labels), h)
   for got in (alone, swept):
     chex.assert_trees_all_close(got.astype(float), want, rtol=2e-6, atol=0)
+
+
+def test_the_one_sweep_refines_confident_rows_from_the_cotangent_over_shifted_blocks(monkeypatch):
+  # the one sweep takes a confident row's exact value from its block's logit cotangent
+  # (no pass of its own); with 3-token blocks over 7 rows the last block is shifted back,
+  # and the rows it repeats keep the value of the block that first held them
+  gaps = (17.0, 15.0, 12.0, 9.0, 17.0, 0.3, 17.0)  # losses ~4e-8 .. 1.2e-4, and 0.55
+  z = np.full((7, 64), -30.0)
+  z[:, 3] = 0.0
+  z[np.arange(7), 7] = -np.asarray(gaps)
+  z[4] += 1e4  # at an offset
+  h, w = jnp.eye(7, dtype=jnp.float32), jnp.asarray(z, jnp.float32)  # logits h @ w = z
+  labels = jnp.full((7,), 3)
+  want = np.asarray(jaxdiv.cross_entropy(labels=labels, q_logits=jnp.asarray(w, jnp.float64)))
+  calls = []
+  refine = L.LabelsCE.refine
+  monkeypatch.setattr(L.LabelsCE, "refine", staticmethod(lambda *a: calls.append(1) or refine(*a)))
+
+  def fused(h, w, reduction):
+    return jaxdiv.linear_cross_entropy(h, w, labels, reduction=reduction, token_chunk_size=3)
+
+  per_token, _ = jax.vjp(lambda a: fused(a, w, None), h)  # one sweep: no weight differentiated
+  total, _ = jax.value_and_grad(fused, (0, 1))(h, w, "sum")
+  mean, _ = jax.value_and_grad(fused, (0, 1))(h, w, "mean")
+  assert calls, "the one sweep did not refine from the cotangent"
+  chex.assert_trees_all_close(per_token.astype(float), want, rtol=2e-6, atol=0)
+  chex.assert_trees_all_close(float(total), want.sum(), rtol=2e-6)
+  chex.assert_trees_all_close(float(mean), want.mean(), rtol=2e-6)
+  # a z-loss keeps the refining pass: its value is not the kernel's alone
+  lse = np.asarray(jax.nn.logsumexp(jnp.asarray(w, jnp.float64), axis=-1))
+  calls.clear()
+  zl = jax.value_and_grad(
+    lambda h, w: jaxdiv.linear_cross_entropy(h, w, labels, z_loss=1e-4, reduction="sum"), (0, 1)
+  )(h, w)[0]
+  assert not calls
+  chex.assert_trees_all_close(float(zl), np.sum(want + 1e-4 * lse**2), rtol=2e-6)
+  # the distillation loss's hard term alone is weighted: refined by the pass, as above
+  hard = jaxdiv.linear_distillation_loss(
+    h, w, labels, teacher_logits=w, hard_weight=1.0, soft_weight=0.0, token_chunk_size=3
+  )
+  chex.assert_trees_all_close(hard.astype(float), want, rtol=2e-6, atol=0)
