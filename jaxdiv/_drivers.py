@@ -538,9 +538,8 @@ def whole_rows(pb: Problem) -> bool:
 
 def _core_values(pb: Problem, rows, cols, raws, refined_later=False):
   """The per-row loss of a whole-row block from the terms' core kernels."""
-  return _total_of(
-    pb, rows, [c.loss.core(Ctx(pb, c, rows, cols, raws, None, refined_later)) for c in pb.st.comps]
-  )
+  cxs = [Ctx(pb, c, rows, cols, raws, refined_later=refined_later) for c in pb.st.comps]
+  return _total_of(pb, rows, [cx.comp.loss.core(cx) for cx in cxs])
 
 
 def _refined_later(pb: Problem) -> bool:
