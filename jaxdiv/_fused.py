@@ -1165,10 +1165,7 @@ def linear_distillation_loss(
     comps.append(soft._replace(weight="soft_weight"))
   if whv != 0.0:
     options["hard_weight"] = jnp.asarray(wh)
-    # beside a soft term, whose round-off in the per-token value is as large, the hard
-    # term's confident rows are not refined (a pass saved)
-    flags = (("rough", True),) if comps else ()
-    comps.append(_comp(L.LabelsCE, (student_side,), flags=flags, weight="hard_weight"))
+    comps.append(_comp(L.LabelsCE, (student_side,), weight="hard_weight"))
   if not comps:
     raise ValueError(f"{fn}: `hard_weight` and `soft_weight` are both 0: there is no loss.")
   rows = {"labels": labels, "row_mask": labels >= 0}  # an ignored token: both terms 0

@@ -237,8 +237,8 @@ class LabelsCE:
     loss = _kernels.labels_ce_from_logits(index, z, None)
     # the kernel's log-sum keeps about two digits of a confident row's loss: there the
     # value is log1p of the excess over the label's logit, the derivative the kernel's;
-    # "rough": another term's round-off in the same value is as large (distillation)
-    if not cx.refined_later and not cx.flag("rough"):
+    # beside another term (distillation's soft one), whose round-off is as large, it is not
+    if not cx.refined_later and len(cx.pb.st.comps) == 1:
       loss = _refined(loss, _confident_nll(z, index))
     if cx.flag("z_loss"):
       lse = _numerics.logsumexp(z, None)
