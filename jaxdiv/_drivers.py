@@ -481,11 +481,7 @@ def _products(pb: Problem, rows, cols, dz, acc):
         )
       if f"{side}_weight" in acc:
         h_t = lax.dynamic_slice_in_dim(sd.hidden_t, rows.start, rows.size, 1)
-        old = lax.dynamic_slice_in_dim(acc[f"{side}_weight"], cols.start, cols.size, 1)
-        new = old + jnp.dot(h_t.astype(ds.dtype), ds, preferred_element_type=pb.dtype)
-        acc[f"{side}_weight"] = lax.dynamic_update_slice_in_dim(
-          acc[f"{side}_weight"], new, cols.start, 1
-        )
+        acc[f"{side}_weight"] = _add_weight_grad(pb, acc[f"{side}_weight"], h_t, ds, cols)
     elif f"{side}_values" in acc:
       key = f"{side}_values"
       old = lax.dynamic_slice(acc[key], (rows.start, cols.start), (rows.size, cols.size))
@@ -493,6 +489,32 @@ def _products(pb: Problem, rows, cols, dz, acc):
         acc[key], old + d.astype(acc[key].dtype), (rows.start, cols.start)
       )
   return acc
+
+
+def _add_weight_grad(pb: Problem, acc_w, h_t, ds, cols):
+  """``acc_w[:, cols] + h_t @ ds`` (``h_t [D, rows]``, ``ds [rows, cols]``). Where the sweep
+  has several token blocks, in parts of ``rows`` rows of the weight: XLA's CPU product
+  writes a fresh output before it is added, which whole would be a second weight-sized
+  buffer; a part is no larger than the block of logits (one block: the product is the
+  gradient itself)."""
+  d, step = h_t.shape[0], ds.shape[0]
+  full = d // step
+  if pb.st.num_rows <= pb.st.token_block or full < 2:
+    full, step = 1, d
+
+  def add(acc_w, lo, size):
+    part = lax.dynamic_slice_in_dim(h_t, lo, size, 0).astype(ds.dtype)
+    old = lax.dynamic_slice(acc_w, (lo, cols.start), (size, cols.size))
+    new = old + jnp.dot(part, ds, preferred_element_type=pb.dtype)
+    return lax.dynamic_update_slice(acc_w, new, (lo, cols.start))
+
+  if full > 1:  # a loop: XLA would otherwise form every part's product before the additions
+    acc_w = lax.fori_loop(0, full, lambda i, a: add(a, i * step, step), acc_w)
+  else:
+    acc_w = add(acc_w, 0, step)
+  if full * step < d:
+    acc_w = add(acc_w, full * step, d - full * step)
+  return acc_w
 
 
 def _extras(pb: Problem, rows, stats, g, acc):

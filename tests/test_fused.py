@@ -723,6 +723,35 @@ def test_at_the_first_shapes_people_try_the_temporaries_are_no_larger_than_the_n
   assert fused - d * v * 4 <= naive, (fused, naive)
 
 
+def test_over_several_token_blocks_the_weight_gradient_is_accumulated_without_a_second_copy():
+  # 1024 x 512 x 32768 float32, four blocks of 256 tokens: each block's `h^T dz` is added
+  # into the weight's gradient in parts, so beyond that one buffer the temporaries are less
+  # than one block of logits (a whole product would be a second weight-sized buffer), and
+  # at least 4x below the naive step's, also where the teacher comes as logits (the naive
+  # step then forms only the student's)
+  n, d, v = 1024, 512, 32768
+  h, w = jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((d, v), jnp.float32)
+  zt = jax.ShapeDtypeStruct((n, v), jnp.float32)
+  labels = jnp.zeros(n, jnp.int32)
+  rows, cols = _drivers.plan(n, v)
+  assert rows < n and cols == v
+  block, grad_w = rows * cols * 4, d * v * 4
+  fused = {
+    "ce": lambda zt, h, w: jaxdiv.linear_cross_entropy(h, w, labels, reduction="sum"),
+    "kl": lambda zt, h, w: jaxdiv.linear_kl_divergence(
+      p_logits=zt, q_hidden=h, q_weight=w, reduction="sum"),
+  }  # fmt: skip
+  naive = {
+    "ce": lambda zt, h, w: jaxdiv.cross_entropy(labels=labels, q_logits=h @ w).sum(),
+    "kl": lambda zt, h, w: jaxdiv.kl_divergence(p_logits=zt, q_logits=h @ w).sum(),
+  }
+  for name in fused:
+    f = _temp_bytes(jax.value_and_grad(fused[name], (1, 2)), zt, h, w)
+    b = _temp_bytes(jax.value_and_grad(naive[name], (1, 2)), zt, h, w)
+    assert f - grad_w < block, (name, f / 2**20, block / 2**20)
+    assert 4 * (f - grad_w) <= b, (name, f / 2**20, b / 2**20)
+
+
 def test_gemmas_vocabulary_compiles_to_small_temporaries_with_default_blocks():
   # V = 262144 (Gemma's vocabulary), N = 512, D = 256, float32: value and gradient of a KL
   # between two heads, default blocks (Liger-Kernel needed an environment variable here)
