@@ -35,6 +35,7 @@ def quick_run(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow  # the quick run is an experiment end to end (20 s)
 def test_ce_vs_kl_results_keys(quick_run):
   r = json.loads((quick_run / "ce_vs_kl.json").read_text())
   assert {"config", "versions", "tasks", "mode_collapse", "claims"} <= set(r)
@@ -49,6 +50,7 @@ def test_ce_vs_kl_results_keys(quick_run):
     assert t["other_form"]["target_form"] == "probs"
 
 
+@pytest.mark.slow  # the quick run is an experiment end to end (20 s)
 def test_ce_vs_kl_claims(quick_run):
   r = json.loads((quick_run / "ce_vs_kl.json").read_text())
   tasks = r["tasks"]
@@ -77,6 +79,7 @@ def test_ce_vs_kl_claims(quick_run):
   np.testing.assert_allclose(mc["kl_run"]["q"], mc["target"], atol=1e-3)
 
 
+@pytest.mark.slow  # the quick run is an experiment end to end (20 s)
 def test_ce_vs_kl_figures_exist(quick_run):
   for name in FIGURES:
     for ext in ("png", "pdf"):

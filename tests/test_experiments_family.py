@@ -20,6 +20,7 @@ def _run_twice(module, tmp_path, extra=()):
   return json.loads(text_a)
 
 
+@pytest.mark.slow  # two quick runs of an experiment end to end
 def test_kl_estimators_quick(tmp_path):
   r = _run_twice(kl_estimators, tmp_path)
   assert {"config", "versions", "settings", "curve", "checks", "all_checks_pass"} <= set(r)
@@ -36,6 +37,7 @@ def test_kl_estimators_quick(tmp_path):
   assert "| 0.005 | k1 | 0 |" in kl_estimators.table(r)
 
 
+@pytest.mark.slow  # two quick runs of an experiment end to end
 def test_forward_vs_reverse_quick(tmp_path):
   r = _run_twice(forward_vs_reverse, tmp_path)
   assert {"config", "versions", "target", "fits", "summary", "checks"} <= set(r)

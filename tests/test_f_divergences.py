@@ -730,9 +730,12 @@ def _stacked(names, from_logits):
   return lambda a, b: jnp.stack([fn(a, b) for fn in fns])
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_check_grads_at_interior_points(order):
-  names = SECOND_ORDER if order == 2 else FIRST_ORDER
+@pytest.mark.parametrize(
+  "names, order",
+  [(FIRST_ORDER, 1), (SECOND_ORDER, 1), pytest.param(SECOND_ORDER, 2, marks=pytest.mark.slow)],
+  ids=["first", "second-order-names", "second"],
+)  # the second-order check (most of this test's compile time) runs in .ci/run (-m slow)
+def test_check_grads_at_interior_points(names, order):
   p, q = _probs(21, (2, V), 0.0), _probs(22, (2, V), 0.0)
   zp, zq = np.log(p), np.log(q)
   check_grads(jax.jit(_stacked(names, False)), (p, q), order=1, modes=("fwd", "rev"))

@@ -399,21 +399,28 @@ _L = _labels(64)
 _W = np.array([True, False, True, True])
 
 
-def _check_grads(f, args):
+# First derivatives by default; the second-order checks (a few times the compile time)
+# run in .ci/run (`-m slow`), beside the hessians the grid's edge patterns check by default.
+ORDERS = pytest.mark.parametrize("order", [1, pytest.param(2, marks=pytest.mark.slow)])
+
+
+def _check_grads(f, args, order):
   # Eager on purpose: the many small programs it compiles are shared between tests, which
   # is several times cheaper than compiling the transformed stacks under jit.
-  check_grads(f, args, order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+  check_grads(f, args, order=order, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
-def test_check_grads_entropy():
+@ORDERS
+def test_check_grads_entropy(order):
   def f(p, z):
     return jnp.stack([entropy(p), entropy(logits=z), entropy(logits=z, where=_W)])
 
-  _check_grads(f, (_P, _ZP))
+  _check_grads(f, (_P, _ZP), order)
 
 
+@ORDERS
 @pytest.mark.parametrize("fn", [cross_entropy, kl_divergence], ids=["ce", "kl"])
-def test_check_grads_two_distributions_every_form(fn):
+def test_check_grads_two_distributions_every_form(fn, order):
   def f(p, q, zp, zq):
     return jnp.stack(
       [
@@ -427,13 +434,14 @@ def test_check_grads_two_distributions_every_form(fn):
       ]
     )
 
-  _check_grads(f, (_P, _Q, _ZP, _ZQ))
+  _check_grads(f, (_P, _Q, _ZP, _ZQ), order)
 
 
 @pytest.mark.parametrize(
   "fn", [binary_cross_entropy, binary_kl_divergence], ids=["binary_ce", "binary_kl"]
 )
-def test_check_grads_binary_every_form(fn):
+@ORDERS
+def test_check_grads_binary_every_form(fn, order):
   p, q = np.array([0.2, 0.5, 0.9]), np.array([0.4, 0.7, 0.1])
   zp, zq = np.array([-1.0, 0.3, 2.0]), np.array([0.5, -2.0, 1.0])
 
@@ -442,7 +450,7 @@ def test_check_grads_binary_every_form(fn):
       [fn(p, q), fn(p_logits=zp, q_logits=zq), fn(p, q_logits=zq), fn(p_logits=zp, q=q)]
     )
 
-  _check_grads(f, (p, q, zp, zq))
+  _check_grads(f, (p, q, zp, zq), order)
 
 
 # ---------------------------------------------------------------------------
