@@ -499,8 +499,6 @@ def _add_weight_grad(pb: Problem, acc_w, h_t, ds, cols):
   gradient itself)."""
   d, step = h_t.shape[0], ds.shape[0]
   full = d // step
-  if pb.st.num_rows <= pb.st.token_block or full < 2:
-    full, step = 1, d
 
   def add(acc_w, lo, size):
     part = lax.dynamic_slice_in_dim(h_t, lo, size, 0).astype(ds.dtype)
@@ -508,10 +506,10 @@ def _add_weight_grad(pb: Problem, acc_w, h_t, ds, cols):
     new = old + jnp.dot(part, ds, preferred_element_type=pb.dtype)
     return lax.dynamic_update_slice(acc_w, new, (lo, cols.start))
 
-  if full > 1:  # a loop: XLA would otherwise form every part's product before the additions
-    acc_w = lax.fori_loop(0, full, lambda i, a: add(a, i * step, step), acc_w)
-  else:
-    acc_w = add(acc_w, 0, step)
+  if pb.st.num_rows <= pb.st.token_block or full < 2:
+    return add(acc_w, 0, d)
+  # a loop: XLA would otherwise form every part's product before the additions
+  acc_w = lax.fori_loop(0, full, lambda i, a: add(a, i * step, step), acc_w)
   if full * step < d:
     acc_w = add(acc_w, full * step, d - full * step)
   return acc_w
